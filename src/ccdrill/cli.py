@@ -1,0 +1,140 @@
+"""`ccdrill`: the operator's entry point to the lab, the plan's playbooks and the drill."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .lab.inventory import InventoryError, load_inventory
+
+
+def project_root() -> Path:
+    """The checkout holding inventory/, playbooks/ and images/ (CCDRILL_ROOT, else upwards from cwd)."""
+    env = os.environ.get("CCDRILL_ROOT")
+    if env:
+        return Path(env).resolve()
+    for p in [Path.cwd(), *Path.cwd().parents]:
+        if (p / "playbooks").is_dir() and (p / "inventory").is_dir():
+            return p
+    return Path(__file__).resolve().parents[2]
+
+
+def lab_name(args) -> str:
+    return args.lab or os.environ.get("CCDRILL_LAB") or "main"
+
+
+def _lab(args):
+    from .lab.engine import ensure_engine
+    from .lab.world import Lab
+
+    root = project_root()
+    inv = load_inventory(args.inventory or root / "inventory" / "lab", root / "images")
+    return Lab(lab_name(args), inv, ensure_engine(), root / "images")
+
+
+def run_playbook(playbook: str, lab: str, inventory: Path | None = None, extra: list[str] | None = None) -> int:
+    """Validate the inventory, then run one of the plan's playbooks against the lab."""
+    root = project_root()
+    inv_dir = inventory or root / "inventory" / "lab"
+    load_inventory(inv_dir, root / "images")
+    env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"))
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    cmd = ["ansible-playbook", "-i", str(inv_dir), str(root / "playbooks" / playbook), *(extra or [])]
+    return subprocess.run(cmd, env=env, cwd=root).returncode
+
+
+def cmd_inventory(args) -> int:
+    root = project_root()
+    inv = load_inventory(args.path or root / "inventory" / "lab", root / "images")
+    print(f"{inv.path}: ok: {len(inv.sites)} sites, {len(inv.hosts)} hosts, {len(inv.groups)} groups")
+    return 0
+
+
+def cmd_engine(args) -> int:
+    from .lab.engine import ensure_engine
+
+    info = ensure_engine().info()
+    print(f"docker engine {info.get('ServerVersion')} ({info.get('Driver')}, {info.get('CgroupDriver')})")
+    return 0
+
+
+def cmd_images(args) -> int:
+    from .lab.engine import ensure_engine
+    from .lab.images import ensure_images
+
+    root = project_root()
+    inv = load_inventory(root / "inventory" / "lab", root / "images")
+    for kind, tag in sorted(ensure_images(ensure_engine(), root / "images", {h.image for h in inv.hosts.values()}).items()):
+        print(f"{kind:8} {tag}")
+    return 0
+
+
+def cmd_lab(args) -> int:
+    lab = _lab(args)
+    if args.action == "down":
+        removed = lab.down()
+        print(f"lab {lab.name}: removed {removed['containers']} containers, {removed['networks']} networks, "
+              f"{removed['volumes']} volumes")
+        return 0
+    if args.action == "status":
+        states = lab.status()
+        if not states:
+            print(f"lab {lab.name}: not running")
+            return 1
+        for h in states:
+            addrs = ", ".join(f"{n.rsplit('-', 1)[-1]}={a}" for n, a in sorted(h.addresses.items()))
+            print(f"{h.name:12} {h.status:8} {addrs}")
+        return 0
+    t0 = time.monotonic()
+    took = lab.create()
+    print(f"lab {lab.name}: {len(lab.inv.hosts)} hosts on {len(lab.inv.sites)} sites created in {took:.1f} s")
+    if args.action == "create":
+        return 0
+    rc = run_playbook("lab.yml", lab.name, args.inventory)
+    if rc == 0:
+        print(f"lab {lab.name}: up in {time.monotonic() - t0:.1f} s (dns, wan {lab.inv.vars.get('wan_delay_ms')} ms)")
+    return rc
+
+
+def cmd_play(args) -> int:
+    return run_playbook(args.playbook, lab_name(args), args.inventory, args.extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ccdrill", description=__doc__)
+    p.add_argument("--lab", help="lab name (default: $CCDRILL_LAB or 'main')")
+    p.add_argument("--inventory", type=Path, help="inventory folder (default: inventory/lab)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("inventory", help="validate an inventory against the plan's schema")
+    s.add_argument("path", nargs="?", type=Path)
+    s.set_defaults(func=cmd_inventory)
+    sub.add_parser("engine", help="make sure a Docker engine answers").set_defaults(func=cmd_engine)
+    sub.add_parser("images", help="build the lab images (cached by recipe hash)").set_defaults(func=cmd_images)
+    s = sub.add_parser("lab", help="bring the two-site lab up, show it, or tear it down")
+    s.add_argument("action", choices=["up", "create", "status", "down"])
+    s.set_defaults(func=cmd_lab)
+    s = sub.add_parser("play", help="run one of the plan's playbooks against the lab")
+    s.add_argument("playbook")
+    s.add_argument("extra", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_play)
+    from .drill import add_drill_parser
+
+    add_drill_parser(sub)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except InventoryError as exc:
+        print(f"ccdrill: invalid inventory: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # EngineError, ImageError, LabError: each names what is wrong
+        print(f"ccdrill: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
