@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ccdrill.standins import ctl
+from ccdrill.standins import common, ctl
 from ccdrill.standins.common import (
     ConfigError,
     CtlError,
@@ -121,6 +121,9 @@ class Demo(Service):
             return {"count": self.count}
         if req.get("op") == "boom":
             raise RuntimeError("bug in op")
+        if req.get("op") == "slow":
+            await asyncio.sleep(float(req["s"]))
+            return {"slept": req["s"]}
         return await super().handle_ctl(req)
 
 
@@ -187,6 +190,23 @@ def test_ctl_server_answers_and_survives_garbage():
             status, stats = await _raw(port, b"GET /stats HTTP/1.0\r\n\r\n")
             assert status == 200 and stats["count"] == 2
             idle_w.close()
+        finally:
+            await svc.close()
+
+    asyncio.run(scenario())
+
+
+def test_ctl_read_timeout_cuts_idle_clients_not_slow_ops(monkeypatch):
+    monkeypatch.setattr(common, "HTTP_READ_TIMEOUT", 0.3)
+
+    async def scenario():
+        svc = Demo()
+        port = await svc.start_ctl(0)
+        try:
+            # a client that sends half a request and stalls gets 408 instead of holding a slot
+            assert (await _raw(port, b"POST /ctl HTTP/1.0\r\n", half_close=False))[0] == 408
+            # an op that takes longer than the read timeout still completes
+            assert await _raw(port, _post(b'{"op":"slow","s":0.6}')) == (200, {"slept": 0.6})
         finally:
             await svc.close()
 

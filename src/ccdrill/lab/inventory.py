@@ -146,8 +146,12 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
     images = Path(images_dir) if images_dir else None
     hosts: dict[str, Host] = {}
     used: dict[tuple[str, int], str] = {}
-    for hname, hbody in (top.get("hosts") or {}).items():
-        key = f"all.hosts.{hname}"
+    lab_group = (top.get("children") or {}).get("lab") or {}
+    declared = lab_group.get("hosts") if isinstance(lab_group, dict) else None
+    if not declared:
+        raise InventoryError(f"{hosts_file}: all.children.lab.hosts: missing (every lab host is declared there)")
+    for hname, hbody in declared.items():
+        key = f"all.children.lab.hosts.{hname}"
         hbody = hbody or {}
         if not HOSTNAME_RE.match(str(hname)):
             raise InventoryError(f"{hosts_file}: {key}: host name must be lower-case letters, digits and '-'")
@@ -177,11 +181,11 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
     routers = [h for h in hosts.values() if h.router]
     if len(sites) > 1:
         if len(routers) != 1:
-            raise InventoryError(f"{hosts_file}: all.hosts: exactly one host needs 'router: true', found {len(routers)}")
+            raise InventoryError(f"{hosts_file}: all.children.lab.hosts: exactly one host needs 'router: true', found {len(routers)}")
         missing = set(sites) - set(routers[0].sites)
         if missing:
             raise InventoryError(
-                f"{hosts_file}: all.hosts.{routers[0].name}.site: the router must sit on every site "
+                f"{hosts_file}: all.children.lab.hosts.{routers[0].name}.site: the router must sit on every site "
                 f"(missing {', '.join(sorted(missing))})"
             )
 
@@ -190,7 +194,7 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
     for gname, members in groups.items():
         for m in members:
             if m not in hosts:
-                raise InventoryError(f"{hosts_file}: all.children.{gname}.hosts.{m}: not declared under all.hosts")
+                raise InventoryError(f"{hosts_file}: all.children.{gname}.hosts.{m}: not declared in group lab")
     for gname, need in REQUIRED_GROUPS.items():
         have = len(groups.get(gname, []))
         if have < need:

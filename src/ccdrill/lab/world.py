@@ -100,8 +100,11 @@ class Lab:
             self.client.networks.create(
                 self.network_name(site.name),
                 driver="bridge",
-                # internal: no route off the machine, lab traffic stays on the lab's own networks.
-                internal=True,
+                # Not `internal`: Docker's isolation rules for internal bridges drop bridged frames
+                # whose destination is off-subnet, which is every frame sent to the WAN router. No
+                # masquerade instead, and lab_network removes the default route on every host, so
+                # lab traffic has no way off the lab's own networks.
+                options={"com.docker.network.bridge.enable_ip_masquerade": "false"},
                 ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=str(site.subnet),
                                                        gateway=site.address(1))]),
                 labels=self.labels,

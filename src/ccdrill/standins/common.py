@@ -196,11 +196,17 @@ class Service:
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                status, body = await asyncio.wait_for(self._http_request(reader), HTTP_READ_TIMEOUT)
+                # Only reading is time-limited: a slow ctl op (e.g. a dial) must not be cut off.
+                method, path, raw = await asyncio.wait_for(self._read_request(reader), HTTP_READ_TIMEOUT)
+            except _HttpError as e:
+                status, body = e.status, {"error": e.message}
             except TimeoutError:
                 status, body = 408, {"error": "request timeout"}
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                 status, body = 400, {"error": "malformed request"}
+            else:
+                self.ctl_requests += 1
+                status, body = await self._dispatch(method, path, raw)
             if status != 200:
                 self.ctl_bad += 1
             data = json.dumps(body, default=str).encode()
@@ -216,11 +222,11 @@ class Service:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _http_request(self, reader: asyncio.StreamReader) -> tuple[int, dict]:
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
         line = await reader.readline()
         parts = line.decode("latin-1").split()
         if len(parts) != 3 or not parts[1].startswith("/") or not parts[2].startswith("HTTP/"):
-            return 400, {"error": "malformed request line"}
+            raise _HttpError(400, "malformed request line")
         method, path = parts[0].upper(), parts[1].split("?", 1)[0]
         length = 0
         for _ in range(100):
@@ -232,23 +238,29 @@ class Service:
                 try:
                     length = int(v.strip())
                 except ValueError:
-                    return 400, {"error": "bad Content-Length"}
+                    raise _HttpError(400, "bad Content-Length") from None
         else:
-            return 400, {"error": "too many headers"}
+            raise _HttpError(400, "too many headers")
         if length < 0:
-            return 400, {"error": "bad Content-Length"}
+            raise _HttpError(400, "bad Content-Length")
         if length > MAX_HTTP_BODY:
-            return 413, {"error": "body too large"}
-        self.ctl_requests += 1
+            raise _HttpError(413, "body too large")
+        raw = await reader.readexactly(length) if method == "POST" and length else b""
+        return method, path, raw
+
+    async def _dispatch(self, method: str, path: str, raw: bytes) -> tuple[int, dict]:
         if path == "/stats":
             if method != "GET":
                 return 405, {"error": "use GET /stats"}
-            return 200, self.stats()
+            try:
+                return 200, self.stats()
+            except Exception as e:  # a bug in stats() must not kill the service
+                self.log("stats_error", error=repr(e))
+                return 500, {"error": f"internal error: {e!r}"}
         if path != "/ctl":
             return 404, {"error": f"no such path {path!r}"}
         if method != "POST":
             return 405, {"error": "use POST /ctl"}
-        raw = await reader.readexactly(length) if length else b""
         try:
             req = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -263,6 +275,13 @@ class Service:
             self.log("ctl_op_error", op=req.get("op"), error=repr(e))
             return 500, {"error": f"internal error: {e!r}"}
         return 200, answer if isinstance(answer, dict) else {"result": answer}
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def run_service(factory: Callable[[dict], Service], argv: list[str] | None = None) -> None:

@@ -41,6 +41,13 @@ _KNOWN = [
 # lower-case name -> canonical name; unknown names keep the spelling they came with.
 _CANON: dict[str, str] = {n.lower(): n for n in _KNOWN}
 _CANON.update(_COMPACT)
+# Exact spellings seen on the wire -> canonical; a hit also proves the name is a valid token.
+_FAST: dict[str, str] = {}
+for _n, _c in list(_CANON.items()):
+    for _v in (_n, _c, _c.lower(), _c.upper(), _n.upper()):
+        _FAST[_v] = _c
+_FAST["Call-Id"] = "Call-ID"
+_FAST["Cseq"] = "CSeq"
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
@@ -66,10 +73,20 @@ def canon(name: str) -> str:
     return _CANON.get(name.lower(), name)
 
 
-class SipMessage:
-    """A request (`method`, `uri`) or a response (`status`, `reason`) with ordered headers."""
+def _key(name: str) -> str:
+    """Index key: the canonical name if known, else the lower-case name (names are case-blind)."""
+    low = name.lower()
+    return _CANON.get(low, low)
 
-    __slots__ = ("method", "uri", "status", "reason", "headers", "body")
+
+class SipMessage:
+    """A request (`method`, `uri`) or a response (`status`, `reason`) with ordered headers.
+
+    `headers` is a list of [name, value]; change it through add/set/remove (or call
+    `reindex()` after editing it by hand), since `get()` reads a first-value index.
+    """
+
+    __slots__ = ("method", "uri", "status", "reason", "headers", "body", "_idx")
 
     def __init__(self, method=None, uri=None, status=None, reason=None, headers=None, body=b""):
         self.method: str | None = method
@@ -78,32 +95,46 @@ class SipMessage:
         self.reason: str | None = reason
         self.headers: list[list[str]] = headers if headers is not None else []
         self.body: bytes = body
+        self._idx: dict[str, str] | None = None
 
     @property
     def is_request(self) -> bool:
         return self.method is not None
 
+    def reindex(self) -> None:
+        idx: dict[str, str] = {}
+        for h in self.headers:
+            k = _key(h[0])
+            if k not in idx:
+                idx[k] = h[1]
+        self._idx = idx
+
     # Header access; names may be given in any case or compact form.
     def get(self, name: str, default: str | None = None) -> str | None:
-        name = _CANON.get(name.lower(), name)
-        for h in self.headers:
-            if h[0] == name:
-                return h[1]
-        return default
+        idx = self._idx
+        if idx is None:
+            self.reindex()
+            idx = self._idx
+        v = idx.get(name)
+        if v is None:
+            v = idx.get(_key(name))
+        return default if v is None else v
 
     def get_all(self, name: str) -> list[str]:
-        name = _CANON.get(name.lower(), name)
-        return [h[1] for h in self.headers if h[0] == name]
+        k = _key(name)
+        return [h[1] for h in self.headers if h[0] == k or _key(h[0]) == k]
 
     def add(self, name: str, value: str) -> None:
         self.headers.append([canon(name), value])
+        self._idx = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every occurrence of `name` with one header (placed where the first was)."""
         name = canon(name)
+        k = _key(name)
         out, done = [], False
         for h in self.headers:
-            if h[0] == name:
+            if _key(h[0]) == k:
                 if not done:
                     out.append([name, value])
                     done = True
@@ -112,10 +143,12 @@ class SipMessage:
         if not done:
             out.append([name, value])
         self.headers = out
+        self._idx = None
 
     def remove(self, name: str) -> None:
-        name = canon(name)
-        self.headers = [h for h in self.headers if h[0] != name]
+        k = _key(name)
+        self.headers = [h for h in self.headers if _key(h[0]) != k]
+        self._idx = None
 
     # Convenience accessors used on every message.
     @property
@@ -203,30 +236,30 @@ def parse(data: bytes) -> SipMessage:
 
 
 def _parse(data: bytes) -> SipMessage:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise SipParseError("not bytes")
-    data = bytes(data)
-    # RFC 3261 7.5: ignore CRLFs before the start line (keep-alives).
-    data = data.lstrip(b"\r\n")
-    if not data:
-        raise SipParseError("empty")
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SipParseError("not bytes")
+        data = bytes(data)
+    if data[:1] in (b"\r", b"\n"):
+        # RFC 3261 7.5: ignore CRLFs before the start line (keep-alives).
+        data = data.lstrip(b"\r\n")
+        if not data:
+            raise SipParseError("empty")
     sep = 4
-    idx = data.find(b"\r\n\r\n")
-    if idx < 0:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
         # Tolerate bare-LF senders.
-        idx = data.find(b"\n\n")
+        end = data.find(b"\n\n")
         sep = 2
-        if idx < 0:
+        if end < 0:
             raise SipParseError("no end of headers")
-    head = data[:idx].decode("utf-8", "surrogateescape")
-    body = data[idx + sep:]
+    head = data[:end].decode("utf-8", "surrogateescape")
     lines = head.split("\r\n") if sep == 4 else head.split("\n")
-    start = lines[0]
     msg = SipMessage()
-    parts = start.split(" ", 2)
+    parts = lines[0].split(" ", 2)
     if len(parts) != 3:
         raise SipParseError("bad start line")
-    if parts[0].upper() == "SIP/2.0":
+    if parts[0] == "SIP/2.0" or parts[0].upper() == "SIP/2.0":
         code = parts[1]
         if len(code) != 3 or not code.isdigit() or not code.isascii() or not ("1" <= code[0] <= "6"):
             raise SipParseError("bad status code")
@@ -234,7 +267,7 @@ def _parse(data: bytes) -> SipMessage:
         msg.reason = parts[2]
     else:
         method, uri, version = parts
-        if version.upper() != "SIP/2.0":
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
             raise SipParseError("bad SIP version")
         if not method or not _TOKEN_CHARS.issuperset(method):
             raise SipParseError("bad method")
@@ -243,47 +276,72 @@ def _parse(data: bytes) -> SipMessage:
         msg.method = method
         msg.uri = uri
     headers = msg.headers
-    for line in lines[1:]:
-        if not line:
-            raise SipParseError("empty header line", msg)
-        if line[0] in " \t":
-            # RFC 3261 7.3.1 line folding.
-            if not headers:
-                raise SipParseError("continuation without header")
-            headers[-1][1] = headers[-1][1] + " " + line.strip()
-            continue
+    idx: dict[str, str] = {}
+    cls = None
+    rebuild = False
+    fast = _FAST
+    for i in range(1, len(lines)):
+        line = lines[i]
         name, colon, value = line.partition(":")
-        if not colon:
-            raise SipParseError("header without colon", msg)
-        name = name.rstrip()
-        if not name or not _TOKEN_CHARS.issuperset(name):
-            raise SipParseError("bad header name", msg)
-        name = _CANON.get(name.lower(), name)
-        value = value.strip()
-        if name == "Via" and "," in value:
+        cname = fast.get(name)
+        if cname is None:
+            # Slow path: folding, odd spelling, spaces before the colon, unknown names.
+            if not line:
+                raise SipParseError("empty header line", msg)
+            if line[0] in " \t":
+                # RFC 3261 7.3.1 line folding.
+                if not headers:
+                    raise SipParseError("continuation without header")
+                last = headers[-1]
+                last[1] = last[1] + " " + line.strip(" \t")
+                rebuild = True
+                continue
+            if not colon:
+                raise SipParseError("header without colon", msg)
+            name = name.rstrip()
+            if not name or not _TOKEN_CHARS.issuperset(name):
+                raise SipParseError("bad header name", msg)
+            cname = _CANON.get(name.lower(), name)
+            key = _key(cname)
+        else:
+            key = cname
+        value = value.strip(" \t")
+        if cname == "Via" and "," in value:
             for v in _split_commas(value):
                 headers.append(["Via", v])
-        else:
-            headers.append([name, value])
+            rebuild = True
+            continue
+        if cname == "Content-Length":
+            if cls is None:
+                cls = []
+            cls.append(value)
+        headers.append([cname, value])
+        if key not in idx:
+            idx[key] = value
+    if rebuild:
+        msg.reindex()
+        idx = msg._idx
+    else:
+        msg._idx = idx
     # Structural checks that make the message unusable; `partial` allows a 400.
-    cl = None
-    for h in headers:
-        if h[0] == "Content-Length":
-            v = h[1]
+    body = data[end + sep:]
+    if cls is not None:
+        n = None
+        for v in cls:
             if not v.isdigit() or not v.isascii() or len(v) > 9:
                 raise SipParseError("bad Content-Length", msg)
-            n = int(v)
-            if cl is not None and n != cl:
+            if n is not None and int(v) != n:
                 raise SipParseError("conflicting Content-Length", msg)
-            cl = n
-    if cl is not None:
-        if cl > len(body):
+            n = int(v)
+        if n > len(body):
             raise SipParseError("body shorter than Content-Length", msg)
-        body = body[:cl]
+        if n < len(body):
+            body = body[:n]
     msg.body = body
-    for name in ("Via", "From", "To", "Call-ID"):
-        if msg.get(name) is None:
-            raise SipParseError(f"missing {name}", msg)
+    if "Via" not in idx or "From" not in idx or "To" not in idx or "Call-ID" not in idx:
+        for name in ("Via", "From", "To", "Call-ID"):
+            if name not in idx:
+                raise SipParseError(f"missing {name}", msg)
     _num, cmethod = msg.cseq()
     if msg.method is not None and cmethod != msg.method:
         raise SipParseError("CSeq method differs from request method", msg)
@@ -302,9 +360,12 @@ def param(value: str, name: str) -> str | None:
     gt = value.rfind(">")
     if gt >= 0:
         value = value[gt + 1:]
-    for p in value.split(";")[1:] if gt < 0 else value.split(";"):
+        pieces = value.split(";")
+    else:
+        pieces = value.split(";")[1:]
+    for p in pieces:
         k, eq, v = p.partition("=")
-        if k.strip().lower() == name:
+        if k == name or k.strip().lower() == name:
             return v.strip() if eq else ""
     return None
 

@@ -26,13 +26,14 @@ their routes with it; rules are checked and replaced in place. Each table also h
 default route of the worst metric, so while this process is down the link is down too: traffic
 never silently bypasses the emulated delay.
 
-The container needs ``--cap-add NET_ADMIN --device /dev/net/tun --sysctl net.ipv4.ip_forward=1``
-and, since /proc/sys is read-only in a container, ``--sysctl net.ipv4.conf.all.rp_filter=0
---sysctl net.ipv4.conf.default.rp_filter=0`` (packets written to tun-sz carry sh sources).
+The container needs ``--cap-add NET_ADMIN --device /dev/net/tun --sysctl net.ipv4.ip_forward=1``.
+rp_filter is set to 0 best effort (/proc/sys is read-only in a container); even strict mode
+passes, since the reverse-path lookup for a packet from tun-sz is made with iif = its output
+device (eth1), whose rule points back at tun-sz.
 
 Ctl (``POST /ctl``): ``{"op":"set","delay_ms":..,"jitter_ms":..,"loss":..}``, ``{"op":"cut"}``,
 ``{"op":"restore"}``. ``GET /stats`` adds ``delay_ms``, ``jitter_ms``, ``loss``, ``cut``,
-``forwarded`` per direction, ``dropped`` (loss, cut, queue_full, error) and ``queued``.
+``forwarded`` per direction, ``dropped`` (loss, cut, queue_full, error, not_ipv4) and ``queued``.
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ class Wan:
         self.loss = loss
         self.cut = False
         self.write_errors = 0
+        self.not_ipv4 = 0
         rng = random.Random(seed)
         self.lines = {
             f"{a}->{b}": DelayLine(delay_ms, jitter_ms, loss, random.Random(rng.random()), max_queue),
@@ -306,6 +308,7 @@ class Wan:
                     "cut": sum(x.dropped_cut for x in lines),
                     "queue_full": sum(x.dropped_full for x in lines),
                     "error": self.write_errors,
+                    "not_ipv4": self.not_ipv4,
                 },
                 "queued": sum(len(x) for x in lines),
             }
@@ -380,22 +383,25 @@ def open_tun(name: str) -> int:
     return fd
 
 
-def write_sysctl(path: str, value: str, name: str) -> None:
-    """Best effort: in a container /proc/sys is read-only and ``--sysctl`` must have done it."""
-    full = "/proc/sys/" + path
+def read_sysctl(path: str) -> str:
     try:
-        with open(full, "w") as f:
+        with open("/proc/sys/" + path) as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def write_sysctl(path: str, value: str, name: str, quiet: bool = False) -> None:
+    """Best effort (/proc/sys is read-only in a container): log when the value stays different."""
+    try:
+        with open("/proc/sys/" + path, "w") as f:
             f.write(value)
     except FileNotFoundError:
-        if not path.startswith("net/ipv6/"):  # no IPv6 in the container is fine
+        if not quiet:
             log(name, "sysctl_missing", path=path)
     except OSError as e:
-        try:
-            with open(full) as f:
-                cur = f.read().strip()
-        except OSError:
-            cur = "?"
-        if cur != value:
+        cur = read_sysctl(path)
+        if cur != value and not quiet:
             log(name, "sysctl_not_set", path=path, want=value, have=cur, error=str(e))
 
 
@@ -474,7 +480,12 @@ class Pump:
                                 pkt = read(fd, READ_SIZE)
                             except BlockingIOError:
                                 break
-                            line.push(pkt, now)
+                            # Only IPv4 is routed into the TUNs; anything else is the TUN's own
+                            # IPv6 chatter (RS, MLD) where disable_ipv6 could not be set.
+                            if pkt and pkt[0] >> 4 == 4:
+                                line.push(pkt, now)
+                            else:
+                                wan.not_ipv4 += 1
                     ready = [(wfd, line.pop_due(now)) for line, wfd in outs]
                 errors = 0
                 for wfd, pkts in ready:
@@ -563,20 +574,20 @@ class WanService(Service):
                 raise SetupError(f"{name}: cannot create TUN {s['tun']!r} via /dev/net/tun: {e} "
                                  "(needs --cap-add NET_ADMIN --device /dev/net/tun)") from e
             self.tun_fds.append(fds[site])
-        # Packets written to tun-sz carry sh sources: strict reverse-path filtering would drop them.
+        # Packets written to tun-sz carry sh sources. Strict rp_filter passes them too (see the
+        # module doc), but loose/off costs nothing and does not depend on that kernel detail.
         for dev in ("all", "default", sa["dev"], sb["dev"], sa["tun"], sb["tun"]):
             write_sysctl(f"net/ipv4/conf/{dev}/rp_filter", "0", name)
-        for dev in (sa["tun"], sb["tun"]):  # before "up": keep IPv6 chatter (RS, MLD) off the link
-            write_sysctl(f"net/ipv6/conf/{dev}/disable_ipv6", "1", name)
+        for dev in (sa["tun"], sb["tun"]):  # before "up": no IPv6 chatter (the pump drops it anyway)
+            write_sysctl(f"net/ipv6/conf/{dev}/disable_ipv6", "1", name, quiet=True)
         for s in self.sites.values():
             run_ip("link", "set", "dev", s["tun"], "mtu", str(mtu), "txqueuelen", str(TUN_TXQUEUELEN), "up")
-        try:
-            with open("/proc/sys/net/ipv4/ip_forward") as f:
-                forwarding = f.read().strip() == "1"
-        except OSError:
-            forwarding = False
-        if not forwarding:
+        if read_sysctl("net/ipv4/ip_forward") != "1":
             write_sysctl("net/ipv4/ip_forward", "1", name)
+            # Without forwarding nothing crosses: fail loudly rather than run as a black hole.
+            if read_sysctl("net/ipv4/ip_forward") != "1":
+                raise SetupError(f"{name}: net.ipv4.ip_forward is off and cannot be set here "
+                                 "(run the container with --sysctl net.ipv4.ip_forward=1)")
         setup_routing(name, self.sites, self.cfg["table_base"], self.cfg["rule_pref"])
         return {f"{a}->{b}": (fds[a], fds[b]), f"{b}->{a}": (fds[b], fds[a])}
 
