@@ -10,22 +10,22 @@ from ccdrill.standins import sip
 from ccdrill.standins.sip import SipMessage, SipParseError, make_request, make_response, parse
 
 INVITE = (
-    "INVITE sip:ivr-1@10.0.0.2:5061 SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK-proxy;rport\r\n"
-    "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-uac\r\n"
-    "Max-Forwards: 69\r\n"
-    'From: "Caller" <sip:caller@10.0.0.1>;tag=abc\r\n'
-    "To: <sip:ivr-1@10.0.0.2>\r\n"
-    "Call-ID: 42@10.0.0.1\r\n"
-    "CSeq: 1 INVITE\r\n"
-    "Record-Route: <sip:10.0.0.9;lr>\r\n"
-    "Contact: <sip:caller@10.0.0.1:5060>\r\n"
-    "X-Fund-Account: 880001\r\n"
-    "Content-Type: application/sdp\r\n"
-    "Content-Length: 10\r\n"
-    "\r\n"
-    "v=0\r\ns=-\r\n"
-).encode()
+    b"INVITE sip:ivr-1@10.0.0.2:5061 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK-proxy;rport\r\n"
+    b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-uac\r\n"
+    b"Max-Forwards: 69\r\n"
+    b'From: "Caller" <sip:caller@10.0.0.1>;tag=abc\r\n'
+    b"To: <sip:ivr-1@10.0.0.2>\r\n"
+    b"Call-ID: 42@10.0.0.1\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Record-Route: <sip:10.0.0.9;lr>\r\n"
+    b"Contact: <sip:caller@10.0.0.1:5060>\r\n"
+    b"X-Fund-Account: 880001\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: 10\r\n"
+    b"\r\n"
+    b"v=0\r\ns=-\r\n"
+)
 
 
 def test_parse_request_headers_and_body():
