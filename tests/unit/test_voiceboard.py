@@ -1144,7 +1144,7 @@ class SimCall:
                     sim.b._answer(leg)
                     self._note([m for m, _a in sim.out])
         elif self.seat_inv is not None and op.startswith("seat_"):
-            code = {"seat_180": 180, "seat_200": 200, "seat_486": 486}.get(op)
+            code = {"seat_180": 180, "seat_200": 200, "seat_486": 486, "seat_487": 487}.get(op)
             if code:
                 r = make_response(self.seat_inv, code, to_tag=self.seat_tag,
                                   headers=[("Contact", "<sip:seat@127.0.0.1:40001>")])
@@ -1167,10 +1167,10 @@ class SimCall:
 
 
 OPS = ["invite", "ack", "bye", "cancel", "ack_timeout", "answer_now",
-       "seat_180", "seat_200", "seat_486", "seat_bye", "seat_timeout"]
+       "seat_180", "seat_200", "seat_486", "seat_487", "seat_bye", "seat_timeout"]
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(agents=st.lists(st.booleans(), min_size=1, max_size=4), delay=st.booleans(),
        ops=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(OPS)), max_size=40))
 def test_channels_freed_exactly_once_whatever_the_order(agents, delay, ops):
@@ -1178,6 +1178,8 @@ def test_channels_freed_exactly_once_whatever_the_order(agents, delay, ops):
     try:
         calls = [SimCall(sim, i, a) for i, a in enumerate(agents)]
         pool_ = sim.b.pools["any"]
+        for c in calls:
+            c.do("invite")
         for idx, op in ops:
             calls[idx % len(calls)].do(op)
             assert sim.b.accounting() == [], (idx, op)

@@ -6,6 +6,7 @@ Everything the lab creates carries the label, and teardown and the clean-up of a
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,47 @@ class Lab:
                                  {k: v.get("IPAddress", "") for k, v in nets.items()}))
         return sorted(out, key=lambda h: h.name)
 
-    def exec(self, host: str, argv: list[str], timeout: float | None = None) -> tuple[int, str]:
-        rc, out = self.container(host).exec_run(argv)
-        return rc, out.decode(errors="replace")
+    def exec(self, host: str, argv: list[str], timeout: float = 120.0) -> tuple[int, str, str]:
+        """Run a command on a lab host, bounded by `timeout` seconds (coreutils timeout inside)."""
+        res = self.container(host).exec_run(["timeout", "-k", "2", str(max(1, int(timeout)))] + argv, demux=True)
+        out, err = res.output if isinstance(res.output, tuple) else (res.output, b"")
+        return res.exit_code, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
+
+    def executor(self, host: str) -> DockerExecutor:
+        return DockerExecutor(self, host)
+
+    def ctl(self, host: str, port: int, request: dict | None = None, timeout: float = 30.0) -> dict:
+        """Ask a stand-in's control endpoint on a lab host: GET /stats, or POST /ctl with `request`."""
+        argv = ["env", "PYTHONPATH=/opt/ccdrill", "python3", "-m", "ccdrill.standins.ctl", str(port)]
+        if request is not None:
+            argv.append(json.dumps(request))
+        rc, out, err = self.exec(host, argv, timeout)
+        if rc != 0:
+            raise LabError(f"{host}:{port} ctl {request or 'stats'}: {(err or out).strip()}")
+        return json.loads(out)
+
+    def supervisor(self, host: str, action: str, program: str) -> str:
+        """Start/stop/restart a program the way the operators do; returns supervisorctl's answer."""
+        rc, out, err = self.exec(host, ["supervisorctl", action, program], 60)
+        if rc not in (0, 3):
+            raise LabError(f"{host}: supervisorctl {action} {program}: {(out + err).strip()}")
+        return out.strip()
+
+
+class DockerExecutor:
+    """The load layer's Executor for a lab host (see ccdrill.load.sipp.Executor)."""
+
+    def __init__(self, lab: Lab, host: str):
+        self.lab, self.host = lab, host
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        rc, out, err = self.lab.exec(self.host, argv, timeout)
+        if rc == 124:
+            raise TimeoutError(f"{self.host}: {' '.join(argv)} did not finish within {timeout:g}s")
+        return rc, out, err
+
+    def read(self, path) -> str:
+        rc, out, err = self.lab.exec(self.host, ["cat", str(path)], 30)
+        if rc != 0:
+            raise FileNotFoundError(f"{self.host}:{path}: {err.strip()}")
+        return out

@@ -1,0 +1,87 @@
+"""Fixtures of the Gherkin scenarios: one lab for the run (created, built with site.yml, torn down),
+the call center on it, a timeline of every step. Step definitions live in steps_*.py, imported here."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ccdrill.cli import run_playbook
+from ccdrill.evidence.timeline import Timeline
+from ccdrill.lab.callcenter import CallCenter
+from ccdrill.lab.engine import ensure_engine
+from ccdrill.lab.inventory import load_inventory
+from ccdrill.lab.world import Lab
+
+from .steps_telephony import *  # noqa: F401,F403  (pytest-bdd finds steps through conftest)
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventory" / "lab"
+
+
+@pytest.fixture(scope="session")
+def timeline():
+    reports = Path(os.environ.get("CCDRILL_REPORTS", ROOT / "reports"))
+    tl = Timeline(reports / f"timeline-{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
+    yield tl
+    tl.close()
+
+
+@pytest.fixture(scope="session")
+def lab(timeline):
+    """The lab of this run. CCDRILL_REUSE_LAB=1 uses a running lab as it is (and leaves it running)."""
+    name = os.environ.get("CCDRILL_LAB", "features")
+    world = Lab(name, load_inventory(INVENTORY, ROOT / "images"), ensure_engine(), ROOT / "images")
+    reuse = os.environ.get("CCDRILL_REUSE_LAB") == "1" and any(h.status == "running" for h in world.status())
+    if not reuse:
+        timeline.event("lab_create", lab=name)
+        took = world.create()
+        timeline.event("lab_created", lab=name, seconds=round(took, 1))
+        t0 = time.monotonic()
+        rc = run_playbook("site.yml", name)
+        timeline.event("playbook", name="site.yml", rc=rc, seconds=round(time.monotonic() - t0, 1))
+        if rc != 0:
+            world.down()
+            pytest.exit(f"playbooks/site.yml failed on lab {name} (exit {rc}); see the output above", 3)
+    yield world
+    if not reuse and os.environ.get("CCDRILL_KEEP_LAB") != "1":
+        removed = world.down()
+        timeline.event("lab_down", lab=name, **removed)
+
+
+@pytest.fixture
+def ctx() -> dict:
+    """What one scenario measured, shared between its steps."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def callcenter(lab) -> CallCenter:
+    return CallCenter(lab, INVENTORY, "baseline")
+
+
+def _criteria(scenario) -> list[str]:
+    return sorted(t for t in scenario.tags if "-" in t)
+
+
+def pytest_bdd_before_scenario(request, feature, scenario):
+    tl = request.getfixturevalue("timeline")
+    tl.event("scenario_start", feature=feature.name, scenario=scenario.name, criteria=_criteria(scenario))
+
+
+def pytest_bdd_after_scenario(request, feature, scenario):
+    tl = request.getfixturevalue("timeline")
+    measured = request.getfixturevalue("ctx").get("measured", {})
+    tl.event("scenario_end", scenario=scenario.name, criteria=_criteria(scenario), measured=measured)
+
+
+def pytest_bdd_after_step(request, feature, scenario, step, step_func, step_func_args):
+    request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=f"{step.keyword} {step.name}", ok=True)
+
+
+def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func_args, exception):
+    request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=f"{step.keyword} {step.name}", ok=False,
+                                              error=str(exception)[:2000])
