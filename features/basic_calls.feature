@@ -2,13 +2,11 @@
 Feature: Basic call tests (run after every step of the upgrade weekend and the migration)
   "Basic inbound, outbound and agent-answer tests" (plan 2.1), as the harness runs them.
 
-  Background:
-    Given the call center in its baseline layout
-
   @BASIC-1 @baseline
   Scenario: One IVR self-service call reading the current database, one outbound call, one agent call
     Plan 2.1: "run basic inbound, outbound and agent-answer tests". The IVR's self-service query
     must read the database that the IPC's DB-connection config names, through KCBP.
+    Given the call center in its baseline layout
     Given a fund account with a fresh balance in the database the IPC's DB-connection config names
     When a caller dials the IVR and asks for that account
     Then the call is answered and the IVR read that balance from that database through KCBP

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .lab.inventory import InventoryError, load_inventory
@@ -36,16 +39,46 @@ def _lab(args):
     return Lab(lab_name(args), inv, ensure_engine(), root / "images")
 
 
-def run_playbook(playbook: str, lab: str, inventory: Path | None = None, extra: list[str] | None = None) -> int:
-    """Validate the inventory, then run one of the plan's playbooks against the lab."""
+def _playbook_cmd(playbook: str, lab: str, inventory: Path | None, extra: list[str] | None):
     root = project_root()
     inv_dir = inventory or root / "inventory" / "lab"
     load_inventory(inv_dir, root / "images")
-    env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"))
+    env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     cmd = ["ansible-playbook", "-i", str(inv_dir), str(root / "playbooks" / playbook), *(extra or [])]
+    return cmd, env, root
+
+
+def run_playbook(playbook: str, lab: str, inventory: Path | None = None, extra: list[str] | None = None) -> int:
+    """Validate the inventory, then run one of the plan's playbooks against the lab (output to the terminal)."""
+    cmd, env, root = _playbook_cmd(playbook, lab, inventory, extra)
     return subprocess.run(cmd, env=env, cwd=root).returncode
+
+
+@dataclass
+class PlaybookRun:
+    playbook: str
+    rc: int
+    changed: int
+    failed: int
+    output: str
+    seconds: float
+
+    def mentions(self, text: str) -> bool:
+        return text in self.output
+
+
+def play(playbook: str, lab: str, extra: list[str] | None = None, inventory: Path | None = None) -> PlaybookRun:
+    """Run a playbook and keep what it said: exit code, the PLAY RECAP's changed/failed totals, output."""
+    cmd, env, root = _playbook_cmd(playbook, lab, inventory, extra)
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    recap = out[out.rfind("PLAY RECAP"):] if "PLAY RECAP" in out else ""
+    changed = sum(int(n) for n in re.findall(r"changed=(\d+)", recap))
+    failed = sum(int(n) for n in re.findall(r"failed=(\d+)", recap))
+    return PlaybookRun(playbook, r.returncode, changed, failed, out, round(time.monotonic() - t0, 1))
 
 
 def cmd_inventory(args) -> int:
@@ -101,6 +134,36 @@ def cmd_lab(args) -> int:
     return rc
 
 
+def _callcenter(args):
+    from .lab.callcenter import CallCenter
+
+    lab = _lab(args)
+    return CallCenter(lab, args.inventory or project_root() / "inventory" / "lab")
+
+
+def _verdict(report: dict) -> int:
+    print(json.dumps(report, indent=2, default=str))
+    return 0 if report.get("ok") else 1
+
+
+def cmd_basic_calls(args) -> int:
+    from .checks.basic import basic_calls
+
+    return _verdict(basic_calls(_callcenter(args)))
+
+
+def cmd_dialtest(args) -> int:
+    from .checks.basic import dial_test
+
+    return _verdict(dial_test(_callcenter(args)))
+
+
+def cmd_monitor(args) -> int:
+    from .checks.monitor import monitor
+
+    return _verdict(monitor(_callcenter(args), args.calls))
+
+
 def cmd_play(args) -> int:
     return run_playbook(args.playbook, lab_name(args), args.inventory, args.extra)
 
@@ -122,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("playbook")
     s.add_argument("extra", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_play)
+    sub.add_parser("basic-calls", help="basic call tests: IVR query, outbound, agent (BASIC-1)").set_defaults(
+        func=cmd_basic_calls)
+    sub.add_parser("dialtest", help="dial-test every cabled channel of every board").set_defaults(func=cmd_dialtest)
+    s = sub.add_parser("monitor", help="every service as DR-2 expects, boards controlled, no failed calls")
+    s.add_argument("--calls", type=int, default=20)
+    s.set_defaults(func=cmd_monitor)
     from .drill import add_drill_parser
 
     add_drill_parser(sub)

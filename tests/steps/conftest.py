@@ -17,6 +17,7 @@ from ccdrill.lab.inventory import load_inventory
 from ccdrill.lab.world import Lab
 
 from .steps_telephony import *  # noqa: F401,F403  (pytest-bdd finds steps through conftest)
+from .steps_upgrade import *  # noqa: F401,F403
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventory" / "lab"
@@ -60,7 +61,7 @@ def ctx() -> dict:
 
 @pytest.fixture(scope="session")
 def callcenter(lab) -> CallCenter:
-    return CallCenter(lab, INVENTORY, "baseline")
+    return CallCenter(lab, INVENTORY)
 
 
 def _criteria(scenario) -> list[str]:
@@ -85,3 +86,14 @@ def pytest_bdd_after_step(request, feature, scenario, step, step_func, step_func
 def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func_args, exception):
     request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=f"{step.keyword} {step.name}", ok=False,
                                               error=str(exception)[:2000])
+
+
+# Baseline scenarios first, then the upgrade weekend in file order, then the target layout's.
+PHASES = {"baseline": 0, "upgrade": 1, "target": 2}
+
+
+def pytest_collection_modifyitems(items):
+    def phase(item):
+        return min([PHASES[m.name] for m in item.iter_markers() if m.name in PHASES] or [3])
+
+    items.sort(key=phase)

@@ -16,6 +16,7 @@ from test_voiceboard import (  # noqa: E402
     SRC,
     Phone,
     Sipp,
+    _no_stray_sipp,  # noqa: F401  (autouse: SIPp killed after each test)
     addr,
     ctl,
     final,

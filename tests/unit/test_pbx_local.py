@@ -192,9 +192,7 @@ class Lab:
         return int(re.search(r"all: (\d+)", self.kamcmd("dlg.stats_active")).group(1))
 
     def wait_idle(self) -> None:
-        assert _wait(lambda: self.active_dialogs() == 0, 8), "dialogs left open: " + self.kamcmd(
-            "dlg.list"
-        )
+        assert _wait(lambda: self.active_dialogs() == 0, 8), "dialogs left open: " + self.kamcmd("dlg.list")
 
     # -- calls ---------------------------------------------------------------
     def call(self, scenario: Path, count: int, hold_ms: int, service: str | None = None, **kw):
@@ -255,8 +253,9 @@ def test_hunting_past_refusing_and_full_boards_then_503(lab):
         def settled() -> bool:
             # channels in use once every call is answered or refused (calls hunt meanwhile)
             held.update({t: lab.profile("trunk", t) for t in ("refuser", "board_a", "board_b")})
+            held["all trunks"] = lab.profile("trunk")
             held["e1_in"] = lab.profile("e1_in")
-            return held == {"refuser": 0, "board_a": 2, "board_b": 3, "e1_in": 5}
+            return held == {"refuser": 0, "board_a": 2, "board_b": 3, "all trunks": 5, "e1_in": 5}
 
         assert _wait(settled, 2.5), f"channels in use: {held}"
         res = fut.result()

@@ -183,3 +183,14 @@ def test_round_trip_property(method, user, cid, extra, body):
     p = parse(m.to_bytes())
     assert p.method == method and p.call_id == cid and p.body == body
     assert [h for h in p.headers if h[0] != "Content-Length"] == m.headers
+
+
+def test_header_edits_keep_lookups_right():
+    m = parse(INVITE)
+    m.set("x-fund-account", "1")
+    m.add("v", "SIP/2.0/UDP c:3;branch=z9hG4bK3")
+    m.remove("Record-Route")
+    assert m.get("X-Fund-Account") == "1" and len(m.get_all("x-FUND-account")) == 1
+    assert m.get_all("Via")[-1] == "SIP/2.0/UDP c:3;branch=z9hG4bK3"
+    assert m.get("Record-Route") is None
+    assert parse(m.to_bytes()).get("x-fund-account") == "1"

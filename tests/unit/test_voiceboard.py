@@ -443,6 +443,8 @@ Content-Length: 0
 class Sipp:
     """One SIPp run; `result()` waits and returns (rc, counters from its -trace_stat file)."""
 
+    live: list[Sipp] = []  # killed (by PID) after each test, whatever happened
+
     def __init__(self, tmp: Path, scenario: str | None, args: list[str], m: int, port: int | None = None,
                  sn: str | None = None) -> None:
         self.port = port or free_port()
@@ -458,6 +460,7 @@ class Sipp:
         elif sn:
             cmd += ["-sn", sn]
         self.proc = subprocess.Popen(cmd + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        Sipp.live.append(self)
         self.tmp = tmp
         # A UAS must be listening before anything is sent to it.
         wait_for(lambda: self._bound() or self.proc.poll() is not None, what="sipp bound")
@@ -487,6 +490,16 @@ class Sipp:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        if self.proc.stderr is not None and not self.proc.stderr.closed and self.proc.returncode is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stderr.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_sipp():
+    yield
+    while Sipp.live:
+        Sipp.live.pop().kill()
 
 
 def ok_calls(counters: dict) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .runbook import current_layout
 from .world import Lab
 
 SIPP_DIR = "/opt/ccdrill/sipp"
@@ -33,14 +34,26 @@ def telephony_vars(inventory_dir: Path) -> dict:
 
 
 class CallCenter:
-    def __init__(self, lab: Lab, inventory_dir: Path, layout: str = "baseline"):
+    def __init__(self, lab: Lab, inventory_dir: Path, layout: str | None = None):
+        """`layout` fixes the layout; by default it is read from the runbook ledger on the lab (again after
+        `refresh()`, which whoever runs a playbook calls)."""
         self.lab = lab
         self.vars = telephony_vars(inventory_dir)
-        self.layout_name = layout
+        self._fixed = layout
+        self._layout: str | None = layout
         self.pbx_host = lab.inv.hosts_of("pbx")[0]
         self.carrier_host = lab.inv.hosts_of("carrier_line")[0]
 
     # where things are -----------------------------------------------------------------------------
+    @property
+    def layout_name(self) -> str:
+        if self._layout is None:
+            self._layout = current_layout(self.lab)
+        return self._layout
+
+    def refresh(self) -> None:
+        self._layout = self._fixed
+
     @property
     def layout(self) -> dict:
         return self.vars["telephony_layouts"][self.layout_name]

@@ -6,6 +6,7 @@ Every error names the file and the key, so an operator can fix the inventory wit
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ REQUIRED_GROUPS: dict[str, int] = {
     "ipc": 2,
     "database": 1,
 }
+PREFIX_RE = re.compile(r"^\d{1,3}\.\d{1,3}$")
 HOSTNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 
@@ -125,8 +127,13 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
     raw_sites = gvars.get("lab_sites")
     if not isinstance(raw_sites, dict) or not raw_sites:
         raise InventoryError(f"{sites_file}: lab_sites: missing or empty (declare the sites and subnets)")
+    prefix = os.environ.get("CCDRILL_SUBNET_PREFIX") or str(gvars.get("lab_net_prefix_default", ""))
+    if prefix and not PREFIX_RE.match(prefix):
+        raise InventoryError(f"CCDRILL_SUBNET_PREFIX / lab_net_prefix_default: {prefix!r} must look like 10.231")
     sites: dict[str, Site] = {}
     for sname, sbody in raw_sites.items():
+        if isinstance(sbody, dict) and isinstance(sbody.get("subnet"), str):
+            sbody = {**sbody, "subnet": sbody["subnet"].replace("{{ lab_net_prefix }}", prefix)}
         k = f"lab_sites.{sname}.subnet"
         if not isinstance(sbody, dict) or "subnet" not in sbody:
             raise InventoryError(f"{sites_file}: {k}: missing")

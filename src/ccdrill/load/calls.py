@@ -121,3 +121,21 @@ def outbound_campaign(cc: CallCenter, count: int, *, rate: float = RATE, hold_ms
     # The carrier's SIPp writes its CSV once a second: read a row written after the campaign ended.
     delta = uas_delta(before_uas, wait_stat_file(ex, CARRIER_ANSWER_STAT, time.time()))
     return OutboundResult(count, answered, remaining, failed, int(delta["answered"]), peaks)
+
+
+def place_board_dial(cc: CallCenter, board, count: int, *, rate: float = RATE, timeout: float = 60.0) -> dict:
+    """One board dials `count` outbound calls held together; count what it answered and its peak."""
+    hold = int((count / rate + 3.0) * 1000)
+    before = cc.board_stats(board)
+    cc.lab.ctl(board.host, board.ctl_port, {"op": "reset_peaks"})
+    cc.lab.ctl(board.host, board.ctl_port, {"op": "dial", "count": count, "to_user": "out", "hold_ms": hold,
+                                            "rate": rate})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and cc.board_stats(board).get("dialing"):
+        time.sleep(0.2)
+    time.sleep(hold / 1000.0 + 1.5)
+    after = cc.board_stats(board)
+    delta = {k: after["calls"][k] - before["calls"][k] for k in ("outbound_answered", "outbound_failed",
+                                                                 "outbound_no_channel")}
+    return {"answered": delta["outbound_answered"], "failed": delta["outbound_failed"],
+            "no_channel": delta["outbound_no_channel"], "peak": sum(p["peak"] for p in after["pools"].values())}

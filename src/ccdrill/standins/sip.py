@@ -47,6 +47,7 @@ for _n, _c in list(_CANON.items()):
     for _v in (_n, _c, _c.lower(), _c.upper(), _n.upper()):
         _FAST[_v] = _c
 _FAST["Call-Id"] = "Call-ID"
+_CANONICAL = frozenset(_CANON.values())
 _FAST["Cseq"] = "CSeq"
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
@@ -122,7 +123,9 @@ class SipMessage:
 
     def get_all(self, name: str) -> list[str]:
         k = _key(name)
-        return [h[1] for h in self.headers if h[0] == k or _key(h[0]) == k]
+        if k in _CANONICAL:  # known names are always stored canonical
+            return [h[1] for h in self.headers if h[0] == k]
+        return [h[1] for h in self.headers if _key(h[0]) == k]
 
     def add(self, name: str, value: str) -> None:
         self.headers.append([canon(name), value])
@@ -358,15 +361,21 @@ def can_answer(msg: SipMessage | None) -> bool:
 def param(value: str, name: str) -> str | None:
     """Header parameter `name` of a From/To/Via/Contact value (not a URI parameter inside <>)."""
     gt = value.rfind(">")
-    if gt >= 0:
-        value = value[gt + 1:]
-        pieces = value.split(";")
-    else:
-        pieces = value.split(";")[1:]
+    # Fast path: the usual lower-case `;name=value`.
+    key = f";{name}="
+    i = value.find(key, gt + 1)
+    if i >= 0:
+        start = i + len(key)
+        end = value.find(";", start)
+        return value[start:end].strip(" \t") if end >= 0 else value[start:].strip(" \t")
+    if name not in value.lower():
+        return None
+    # Slow path: odd case, spaces around '=', flag parameters.
+    pieces = value[gt + 1:].split(";") if gt >= 0 else value.split(";")[1:]
     for p in pieces:
         k, eq, v = p.partition("=")
-        if k == name or k.strip().lower() == name:
-            return v.strip() if eq else ""
+        if k.strip(" \t").lower() == name:
+            return v.strip(" \t") if eq else ""
     return None
 
 

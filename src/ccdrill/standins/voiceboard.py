@@ -43,6 +43,7 @@ from .sip import (
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
 _IN_DIALOG_OK = frozenset(("INFO", "UPDATE", "NOTIFY", "PRACK", "MESSAGE"))
 _DNS_TTL = 10.0
+_DRAIN = 64
 
 
 class Pool:
@@ -165,6 +166,7 @@ class BoardBase(Service, asyncio.DatagramProtocol):
         self.kcxp = KcxpClient(*self.kcxp_addr, name=f"{self.name}-kcxp")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
         self.line_up = True
         self._last_control: float | None = None
@@ -194,10 +196,20 @@ class BoardBase(Service, asyncio.DatagramProtocol):
     async def start(self) -> None:
         """Bind SIP, ctl, connect KCXP. `run()` = start() then serve forever."""
         self.loop = asyncio.get_running_loop()
-        self.transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.listen, self.sip_port))
-        self.sip_port = self.transport.get_extra_info("sockname")[1]
-        self._enlarge_buffers()
+        fam = socket.AF_INET6 if ":" in self.listen else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.listen, self.sip_port))
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self.transport, _ = await self.loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self.sip_port = sock.getsockname()[1]
         try:
             await self.start_ctl(self.ctl_port)
         except BaseException:
@@ -219,17 +231,12 @@ class BoardBase(Service, asyncio.DatagramProtocol):
             with contextlib.suppress(BaseException):
                 await t
         self._drop_all()
+        self._sock = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None
         await self.kcxp.close()
         await super().close()
-
-    def _enlarge_buffers(self) -> None:
-        sock = self.transport.get_extra_info("socket")
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
 
     def _spawn(self, coro) -> asyncio.Task:
         t = self.loop.create_task(coro)
@@ -419,15 +426,33 @@ class BoardBase(Service, asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ inbound datagrams
     def datagram_received(self, data: bytes, addr) -> None:
+        self._handle(data, addr)
+        # asyncio hands over one datagram per loop iteration; under load, drain what is already
+        # queued on the socket (bounded) to save a poll + loop turn per message.
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_DRAIN):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.error_received(e)
+                return
+            self._handle(data, addr)
+
+    def _handle(self, data: bytes, addr) -> None:
         if not self.line_up:
             self.dropped_line += 1
             return
+        msg = None
         try:
-            msg = parse(data)
-        except SipParseError as e:
-            self._malformed(data, e, addr)
-            return
-        try:
+            try:
+                msg = parse(data)
+            except SipParseError as e:
+                self._malformed(data, e, addr)
+                return
             if msg.method is not None:
                 self._on_request(msg, addr)
             else:
@@ -437,8 +462,9 @@ class BoardBase(Service, asyncio.DatagramProtocol):
         except Exception as e:  # a bug on one message must not take the board down
             self.internal_errors += 1
             self.log("internal_error", error=repr(e))
-            if msg.method is not None and can_answer(msg):
-                self._send(make_response(msg, 500).to_bytes(), addr)
+            with contextlib.suppress(Exception):
+                if msg is not None and can_answer(msg):
+                    self._send(make_response(msg, 500).to_bytes(), addr)
 
     def _malformed(self, data: bytes, e: SipParseError, addr) -> None:
         if not data.strip(b"\r\n\t "):
@@ -675,6 +701,8 @@ class BoardBase(Service, asyncio.DatagramProtocol):
                 self._send_cancel(leg)
             elif prev == "calling":
                 leg.cancel_pending = True  # CANCEL only after a provisional (RFC 3261 9.1)
+        if leg.stx is not None:
+            leg.stx.leg = None  # the lingering transaction needs no call behind it
         partner = leg.partner
         if partner is not None:
             leg.partner = None
@@ -766,6 +794,9 @@ class BoardBase(Service, asyncio.DatagramProtocol):
         leg.cseq = 1
         leg.remote_hdr = f"<{to_uri}>"
         leg.remote_target = ruri
+        # Registered before the PBX name is resolved, so that the leg is always reachable.
+        self.dialogs[(leg.call_id, leg.local_tag)] = leg
+        leg.registered = True
 
         def go(addr):
             if leg.state != "calling":
@@ -788,8 +819,6 @@ class BoardBase(Service, asyncio.DatagramProtocol):
             tx.addr = addr
             tx.invite_msg = msg
             leg.ctx = tx
-            self.dialogs[(leg.call_id, leg.local_tag)] = leg
-            leg.registered = True
             self._start_client_txn(tx)
 
         self._resolve_then(host, port, go)
