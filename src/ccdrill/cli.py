@@ -102,7 +102,8 @@ def cmd_images(args) -> int:
 
     root = project_root()
     inv = load_inventory(root / "inventory" / "lab", root / "images")
-    for kind, tag in sorted(ensure_images(ensure_engine(), root / "images", {h.image for h in inv.hosts.values()}).items()):
+    tags = ensure_images(ensure_engine(), root / "images", {h.image for h in inv.hosts.values()})
+    for kind, tag in sorted(tags.items()):
         print(f"{kind:8} {tag}")
     return 0
 

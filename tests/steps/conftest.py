@@ -68,6 +68,10 @@ def _criteria(scenario) -> list[str]:
     return sorted(t for t in scenario.tags if "-" in t)
 
 
+def _text(step) -> str:
+    return f"{step.keyword} {step.name}"
+
+
 def pytest_bdd_before_scenario(request, feature, scenario):
     tl = request.getfixturevalue("timeline")
     tl.event("scenario_start", feature=feature.name, scenario=scenario.name, criteria=_criteria(scenario))
@@ -80,11 +84,11 @@ def pytest_bdd_after_scenario(request, feature, scenario):
 
 
 def pytest_bdd_after_step(request, feature, scenario, step, step_func, step_func_args):
-    request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=f"{step.keyword} {step.name}", ok=True)
+    request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=_text(step), ok=True)
 
 
 def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func_args, exception):
-    request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=f"{step.keyword} {step.name}", ok=False,
+    request.getfixturevalue("timeline").event("step", scenario=scenario.name, step=_text(step), ok=False,
                                               error=str(exception)[:2000])
 
 

@@ -119,7 +119,8 @@ def outbound_no_channel(ctx, count):
         f"the plan says {count} outbound call(s) without a channel, the boards had {ctx['outbound'].no_channel}")
 
 
-@then(parsers.parse('IPC "{host}" runs {count:d} voice boards with {channels:d} channels of which {cabled:d} are cabled'))
+@then(parsers.parse(
+    'IPC "{host}" runs {count:d} voice boards with {channels:d} channels of which {cabled:d} are cabled'))
 def ipc_runs_voice_boards(callcenter, ctx, host, count, channels, cabled):
     boards = [b for b in running_boards(callcenter.lab, host) if b["kind"] == "voice_board"]
     got = (len(boards), sum(b["channels"] for b in boards), sum(b["cabled"] for b in boards))

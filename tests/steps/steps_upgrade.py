@@ -10,7 +10,7 @@ from ccdrill.checks.monitor import service_states
 from ccdrill.lab import pbx
 from ccdrill.lab.runbook import read_ledger
 
-from .upgrade_flow import APPROVALS, STEP_PLAYBOOKS, run_step
+from .upgrade_flow import APPROVALS, run_step
 
 
 def _measure(ctx: dict, key: str, value) -> None:
@@ -49,7 +49,8 @@ def ledger_records(callcenter, ctx, neg, step, both):
         assert step not in steps, f"the ledger records {step}: {steps.get(step)}"
         return
     run = ctx.get("run")
-    assert step in steps, f"the ledger does not record {step}" + (f"; the playbook said:\n{run.output[-3000:]}" if run else "")
+    said = f"; the playbook said:\n{run.output[-3000:]}" if run else ""
+    assert step in steps, f"the ledger does not record {step}{said}"
     if both:
         assert set(steps[step]["detail"]) >= {"it", "business"}, steps[step]
     _measure(ctx, f"ledger_{step}", steps[step])
@@ -64,8 +65,8 @@ def nothing_changes(ctx):
 @then("the website's home page shows the upgrade notice")
 def website_shows_notice(callcenter, ctx):
     web = callcenter.lab.inv.hosts_of("website")[0]
-    rc, out, err = callcenter.lab.exec(callcenter.carrier_host, [
-        "python3", "-c", f"import urllib.request;print(urllib.request.urlopen('http://{web}/', timeout=5).read().decode())"], 20)
+    fetch = f"import urllib.request;print(urllib.request.urlopen('http://{web}/', timeout=5).read().decode())"
+    rc, out, err = callcenter.lab.exec(callcenter.carrier_host, ["python3", "-c", fetch], 20)
     assert rc == 0, f"the website did not answer: {err}"
     assert 'id="upgrade-notice"' in out, f"no upgrade notice on http://{web}/:\n{out[:1000]}"
 

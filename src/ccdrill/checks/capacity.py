@@ -65,7 +65,8 @@ def outbound(result: OutboundResult, answered_: int, no_channel: int | None = No
         problems.append(f"the boards counted {result.answered} outbound calls answered, the carrier "
                         f"{result.carrier_answered}")
     if no_channel is not None and result.no_channel != no_channel:
-        problems.append(f"the plan says {no_channel} outbound call(s) without a channel, the boards had {result.no_channel}")
+        problems.append(f"the plan says {no_channel} outbound call(s) without a channel, "
+                        f"the boards had {result.no_channel}")
     if result.failed:
         problems.append(f"{result.failed} outbound calls failed")
     _fail(problems)

@@ -188,7 +188,8 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
     routers = [h for h in hosts.values() if h.router]
     if len(sites) > 1:
         if len(routers) != 1:
-            raise InventoryError(f"{hosts_file}: all.children.lab.hosts: exactly one host needs 'router: true', found {len(routers)}")
+            raise InventoryError(
+                f"{hosts_file}: all.children.lab.hosts: exactly one host needs 'router: true', found {len(routers)}")
         missing = set(sites) - set(routers[0].sites)
         if missing:
             raise InventoryError(

@@ -16,7 +16,7 @@ def _kamcmd(lab: Lab, host: str, *args: str) -> str:
     return out
 
 
-def counter(lab: Lab, host: str, name: str, group: str = "script") -> int:
+def counter(lab: Lab, host: str, name: str, group: str = "ccdrill") -> int:
     out = _kamcmd(lab, host, "cnt.get", group, name)
     m = re.search(r"(-?\d+)", out)
     if not m:

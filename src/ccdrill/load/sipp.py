@@ -223,9 +223,18 @@ def parse_trace_stat(text: str, source: str = "<trace_stat>") -> dict[str, Any]:
     if not lines:
         raise TraceStatError(f"{source}: empty SIPp statistics file (no header)")
     delim = _delimiter(lines[0])
-    header = lines[0].split(delim)
-    while header and not header[-1].strip():
-        header.pop()
+    # SIPp ends every line with the delimiter: a row without it is still being written.
+    terminated = lines[0].rstrip().endswith(delim)
+
+    def fields_of(line: str) -> list[str] | None:
+        line = line.rstrip()
+        if terminated:
+            if not line.endswith(delim):
+                return None
+            line = line[: -len(delim)]
+        return line.split(delim)
+
+    header = fields_of(lines[0]) or []
     names = {_norm(_split_col(c)[0]) for c in header}
     if not {"currentcall", "totalcallcreated"} <= names or "starttime" not in names:
         raise TraceStatError(
@@ -236,11 +245,9 @@ def parse_trace_stat(text: str, source: str = "<trace_stat>") -> dict[str, Any]:
     row = None
     complete = 0
     for ln in lines[1:]:
-        fields = ln.split(delim)
-        while len(fields) > len(header) and not fields[-1].strip():
-            fields.pop()
-        # A row being written while we read is shorter: skip it, keep the last whole one.
-        if len(fields) == len(header) and _number(fields[total_at]) is not None:
+        fields = fields_of(ln)
+        # A half-written row is shorter: skip it, keep the last whole one.
+        if fields is not None and len(fields) == len(header) and _number(fields[total_at]) is not None:
             row = fields
             complete += 1
     if row is None:
@@ -319,9 +326,7 @@ def _refused(counters: dict[str, int]) -> dict[int, int]:
     return out
 
 
-def _result_from_stats(
-    scenario: str, stats: dict[str, Any], rc: int, path: str, elapsed: float
-) -> CallResult:
+def _result_from_stats(scenario: str, stats: dict[str, Any], rc: int, path: str, elapsed: float) -> CallResult:
     calls, counters, failures = stats["calls"], stats["counters"], stats["failures"]
     timeouts_failed = sum(v for k, v in failures.items() if _norm(k) in _TIMEOUT_FAILURES)
     # Calls still open when the global -timeout stopped SIPp never finished either.
@@ -345,13 +350,9 @@ def _result_from_stats(
 
 
 def _not_found(rc: int, err: str) -> bool:
+    # 127: a shell's "not found"; docker exec says "executable file not found"
     low = err.lower()
-    return (
-        rc == 127
-        or "command not found" in low
-        or "executable file not found" in low
-        or ("no such file or directory" in low and "sipp" in low)
-    )
+    return rc == 127 or "command not found" in low or "executable file not found" in low
 
 
 def place_calls(
@@ -452,9 +453,7 @@ def place_calls(
     try:
         text = ex.read(stat_file)
     except FileNotFoundError as exc:
-        raise TraceStatError(
-            f"SIPp wrote no statistics file {stat_file} (exit {rc}): {err.strip()[-500:]}"
-        ) from exc
+        raise TraceStatError(f"SIPp wrote no statistics file {stat_file} (exit {rc}): {err.strip()[-500:]}") from exc
     stats = parse_trace_stat(text, source=stat_file)
     return _result_from_stats(scenario, stats, rc, stat_file, elapsed)
 
