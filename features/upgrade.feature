@@ -55,3 +55,21 @@ Feature: The upgrade weekend, step by step (plan 2.1)
     And the basic call tests recorded by the step passed
     When the operators run the saturday_am step again
     Then nothing changes
+
+  @UPG-6
+  Scenario: Sunday morning: line and software faults drilled on primary and secondary, basic calls after each
+    Plan 2.1, Sunday morning: "disaster drill: simulate line faults and software faults on primary
+    and on secondary; switch over as this plan says; run basic inbound, outbound and agent-answer tests."
+    When the operators run the sunday_drill step
+    Then the runbook ledger records sunday_drill
+    And the drill recorded dr3, dr4 and dr5 each with its response, passing basic calls and the failback
+    And the services of both IPCs run as the DR principle says
+
+  @UPG-7
+  Scenario: Monday: every service up and no failed calls, the notice taken down
+    Plan 2.1, monitoring: "on Monday, on-site observation in Shanghai, so the upgrade does not
+    affect daily business and any fault that day is fixed at once."
+    When the operators run the monday step
+    Then the runbook ledger records monday
+    And the monitoring check recorded every service up and no failed calls
+    And the website's home page shows no upgrade notice

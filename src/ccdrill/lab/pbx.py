@@ -39,7 +39,7 @@ def dispatcher_destinations(lab: Lab, host: str) -> list[dict]:
         m = re.match(r"FLAGS:\s*(\S+)", line)
         if m and dests:
             dests[-1]["flags"] = m.group(1)
-        m = re.match(r"ATTRS:\s*(.*)", line)
+        m = re.match(r"BODY:\s*(.*)", line)  # ATTRS: { BODY: name=...;chan=... }
         if m and dests:
             dests[-1]["attrs"] = m.group(1)
     return dests
