@@ -19,8 +19,8 @@ class Timeline:
         self._lock = threading.Lock()
         self._fh = self.path.open("a", encoding="utf-8")
 
-    def event(self, kind: str, **fields: Any) -> dict:
-        rec = {"ts": round(time.time(), 6), "event": kind, **fields}
+    def event(self, name: str, /, **fields: Any) -> dict:
+        rec = {"ts": round(time.time(), 6), "event": name, **fields}
         line = json.dumps(rec, default=str, ensure_ascii=False)
         with self._lock:
             self._fh.write(line + "\n")
@@ -35,12 +35,13 @@ class Timeline:
 def read_timeline(path: str | Path) -> list[dict]:
     """Events of a timeline file; a half-written last line (killed run) is skipped, not fatal."""
     events = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
-            if n != len(Path(path).read_text(encoding="utf-8").splitlines()):
+            if n != len(lines):
                 raise ValueError(f"{path}:{n}: not a JSON event") from None
     return events
