@@ -26,6 +26,14 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def inventory_dir(explicit: Path | None = None) -> Path:
+    """The inventory in use: --inventory, else $CCDRILL_INVENTORY, else the embedded lab's."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("CCDRILL_INVENTORY")
+    return Path(env) if env else project_root() / "inventory" / "lab"
+
+
 def lab_name(args) -> str:
     return args.lab or os.environ.get("CCDRILL_LAB") or "main"
 
@@ -35,13 +43,13 @@ def _lab(args):
     from .lab.world import Lab
 
     root = project_root()
-    inv = load_inventory(args.inventory or root / "inventory" / "lab", root / "images")
+    inv = load_inventory(inventory_dir(args.inventory), root / "images")
     return Lab(lab_name(args), inv, ensure_engine(), root / "images")
 
 
 def _playbook_cmd(playbook: str, lab: str, inventory: Path | None, extra: list[str] | None):
     root = project_root()
-    inv_dir = inventory or root / "inventory" / "lab"
+    inv_dir = inventory_dir(inventory)
     load_inventory(inv_dir, root / "images")
     env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     venv_bin = str(Path(sys.executable).parent)
@@ -83,7 +91,7 @@ def play(playbook: str, lab: str, extra: list[str] | None = None, inventory: Pat
 
 def cmd_inventory(args) -> int:
     root = project_root()
-    inv = load_inventory(args.path or root / "inventory" / "lab", root / "images")
+    inv = load_inventory(args.path or inventory_dir(args.inventory), root / "images")
     print(f"{inv.path}: ok: {len(inv.sites)} sites, {len(inv.hosts)} hosts, {len(inv.groups)} groups")
     return 0
 
@@ -101,7 +109,7 @@ def cmd_images(args) -> int:
     from .lab.images import ensure_images
 
     root = project_root()
-    inv = load_inventory(root / "inventory" / "lab", root / "images")
+    inv = load_inventory(inventory_dir(args.inventory), root / "images")
     tags = ensure_images(ensure_engine(), root / "images", {h.image for h in inv.hosts.values()})
     for kind, tag in sorted(tags.items()):
         print(f"{kind:8} {tag}")
@@ -139,7 +147,7 @@ def _callcenter(args):
     from .lab.callcenter import CallCenter
 
     lab = _lab(args)
-    return CallCenter(lab, args.inventory or project_root() / "inventory" / "lab")
+    return CallCenter(lab, inventory_dir(args.inventory))
 
 
 def _verdict(report: dict) -> int:

@@ -16,11 +16,13 @@ from ccdrill.lab.engine import ensure_engine
 from ccdrill.lab.inventory import load_inventory
 from ccdrill.lab.world import Lab
 
+from .steps_failover import *  # noqa: F401,F403
 from .steps_telephony import *  # noqa: F401,F403  (pytest-bdd finds steps through conftest)
 from .steps_upgrade import *  # noqa: F401,F403
 
 ROOT = Path(__file__).resolve().parents[2]
-INVENTORY = ROOT / "inventory" / "lab"
+# The embedded lab's inventory, or another one with the same groups (CCDRILL_INVENTORY).
+INVENTORY = Path(os.environ.get("CCDRILL_INVENTORY") or ROOT / "inventory" / "lab")
 
 
 @pytest.fixture(scope="session")

@@ -160,6 +160,49 @@ def steady_state(cc: CallCenter, timeout: float = 20.0) -> dict[str, Any]:
             "seconds": round(time.monotonic() - t0, 1)}
 
 
+# --- detection: what the operators' monitoring sees ------------------------------------------------------
+def detect(cc: CallCenter, fault, board: Board | None = None, limit_s: float = 15.0) -> dict[str, Any]:
+    """Wait (bounded) until the fault shows where the operators would see it; return how and when.
+
+    line cut / driver crash: the PBX marks the board's trunk inactive (its OPTIONS probe failed);
+    CTI crash: every board reports no controller; IVR crash: supervisord shows the IVR not running;
+    whole IPC down: the PBX marks every trunk of that IPC inactive.
+    """
+    kind, host = fault.kind, fault.host
+    if kind == "line_down" or (kind == "crash" and board is not None):
+        how = f"the PBX marks {board.name}'s trunk inactive"
+
+        def seen() -> bool:
+            return pbx_trunks(cc).get(trunk_uri(board), "").startswith("I")
+    elif kind == "crash" and fault.target == "cti":
+        how = "every board reports no controller"
+
+        def seen() -> bool:
+            stats = [board_stats_or_none(cc, b) for b in cc.boards("voice") + cc.boards("fax")]
+            return all(st is None or not st.get("controlled") for st in stats)
+    elif kind == "crash":
+        how = f"supervisord shows {fault.target} on {host} not running"
+
+        def seen() -> bool:
+            return (programs_or_none(cc, host) or {}).get(fault.target) not in RUNNING_STATES
+    elif kind == "ipc_down":
+        mine = [trunk_uri(b) for b in cc.boards("voice") + cc.boards("fax") if b.host == host]
+        how = f"the PBX marks every trunk of {host} inactive"
+
+        def seen() -> bool:
+            t = pbx_trunks(cc)
+            return all(t.get(u, "").startswith("I") for u in mine)
+    else:
+        raise ValueError(f"no detection for a {kind} fault")
+    deadline = time.monotonic() + limit_s
+    while not seen():
+        if time.monotonic() >= deadline:
+            raise CheckFailed(f"{fault.kind} of {fault.target} on {host}: not visible after {limit_s:g} s ({how})")
+        time.sleep(0.1)
+    t = time.time()
+    return {"how": how, "detected_at": round(t, 6), "detected_after_s": round(t - fault.at, 3)}
+
+
 # --- calls in flight ------------------------------------------------------------------------------------
 @dataclass
 class InFlight:

@@ -114,9 +114,12 @@ def _collect_groups(node: dict, path: Path, key: str, groups: dict[str, list[str
 def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> Inventory:
     """Load `root/hosts.yml` plus `root/group_vars/all`, validate, and return the inventory."""
     root = Path(root)
-    hosts_file = root / "hosts.yml" if root.is_dir() else root
-    if root.is_file():
-        root = root.parent
+    if root.is_dir():
+        # hosts.yml in a checkout; `hosts` where molecule links the project's inventory.
+        hosts_file = next((root / n for n in ("hosts.yml", "hosts.yaml", "hosts") if (root / n).exists()),
+                          root / "hosts.yml")
+    else:
+        hosts_file, root = root, root.parent
     data = _read_yaml(hosts_file)
     top = data.get("all")
     if not isinstance(top, dict):
