@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--calls", type=int, default=20)
     s.set_defaults(func=cmd_monitor)
     from .drill import add_drill_parser
+    from .failover_drill import add_parser as add_failover_drill_parser
+
+    add_failover_drill_parser(sub)
 
     add_drill_parser(sub)
     args = p.parse_args(argv)

@@ -17,11 +17,12 @@ def basic_calls(cc: CallCenter) -> dict:
     """One IVR call whose self-service query reads the current database through KCBP, one outbound call,
     one inbound call transferred to an agent who answers. Returns what was counted and the problems."""
     problems: list[str] = []
-    conn = read_dbconn(cc.lab, cc.primary)
+    ivr_host = cc.ivr_host()  # the primary, or the secondary after a DR-4 switchover
+    conn = read_dbconn(cc.lab, ivr_host)
     account, balance = f"T{random.randrange(10**8):08d}", f"{random.randrange(10**6) / 100:.2f}"
     psql(cc.lab, conn, "INSERT INTO fund_account (account, balance) VALUES (:'p1', :'p2')", account, balance)
     ivr = hold_calls(cc, "ivr", 1, hold_ms=1500, account=account)
-    last = cc.ivr_stats().get("last_query") or {}
+    last = cc.ivr_stats(ivr_host).get("last_query") or {}
     if ivr.answered != 1:
         problems.append(f"IVR call not answered ({ivr.refused or 'no answer'})")
     rows = last.get("rows") or []
@@ -38,7 +39,7 @@ def basic_calls(cc: CallCenter) -> dict:
     seats = uas_delta(before, wait_stat_file(seats_ex, SEATS_STAT, time.time()))
     if agent.answered != 1 or seats["answered"] != 1:
         problems.append(f"agent call: caller answered {agent.answered}, seats answered {seats['answered']}")
-    return {"ok": not problems, "problems": problems, "ivr_db": conn["host"], "account": account,
+    return {"ok": not problems, "problems": problems, "ivr_host": ivr_host, "ivr_db": conn["host"], "account": account,
             "ivr_answered": ivr.answered, "outbound_answered": out.carrier_answered,
             "agent_answered": agent.answered, "seat_legs": seats["answered"]}
 

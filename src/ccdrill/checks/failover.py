@@ -23,6 +23,7 @@ the lab; `in_flight_verdict`, `rto_verdict`, `degraded_verdict`, `expect_states`
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ RUNNING_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
 SEATS_STAT = "/var/lib/ccdrill/sipp/agent-seats.csv"
 PROBE_INF_DIR = "/tmp/ccdrill-probes"
 RATE = 30.0
+FILLER_HOLD_MS = 20_000
 
 
 def _fail(problems: list[str]) -> None:
@@ -235,10 +237,10 @@ def _in_use(cc: CallCenter, board: Board) -> int:
     return -1 if st is None else sum(p["in_use"] for p in st["pools"].values())
 
 
-def _wait_in_use(cc: CallCenter, board: Board, want: int, limit_s: float) -> int:
+def _wait_in_use(cc: CallCenter, board: Board, want: int, limit_s: float, at_least: bool = False) -> int:
     deadline = time.monotonic() + limit_s
     n = _in_use(cc, board)
-    while n != want and time.monotonic() < deadline:
+    while (n < want if at_least else n != want) and time.monotonic() < deadline:
         time.sleep(0.2)
         n = _in_use(cc, board)
     return n
@@ -275,22 +277,27 @@ def hold_in_flight(cc: CallCenter, on_primary: int, on_secondary: int, hold_s: f
         got = _wait_in_use(cc, pb, on_primary, 15)
         if got != on_primary:
             raise CheckFailed(f"{pb.name} holds {got} calls, not the {on_primary} placed on it")
-        # The filler hangs up once the secondary's group is up (it only has to be there meanwhile).
-        fl.futures["filler"] = pool.submit(group, filler, int((filler / RATE + on_secondary / RATE + 6.0) * 1000))
-        got = _wait_in_use(cc, pb, pb.channels, 15)
+        # The filler hangs up once the secondary's group is up (it only has to be there meanwhile; the
+        # lab's stats are read through docker exec, slow on a loaded machine: leave it a wide margin).
+        fl.futures["filler"] = pool.submit(group, filler, FILLER_HOLD_MS)
+        got = _wait_in_use(cc, pb, pb.channels, FILLER_HOLD_MS / 2000, at_least=True)
         if got != pb.channels:
             raise CheckFailed(f"{pb.name} holds {got} calls, not full ({pb.channels}) with the filler")
         fl.futures["secondary"] = pool.submit(group, on_secondary, hold_ms)
-        got = _wait_in_use(cc, sb, on_secondary, 15)
+        got = _wait_in_use(cc, sb, on_secondary, FILLER_HOLD_MS / 2000, at_least=True)
         if got != on_secondary:
             raise CheckFailed(f"{sb.name} holds {got} calls, not the {on_secondary} that found {pb.name} full")
-        fl.futures["filler"].result(timeout=60)
+        fl.futures["filler"].result(timeout=FILLER_HOLD_MS / 1000 + 60)
         got = _wait_in_use(cc, pb, on_primary, 10)
         fl.placed = {pb.name: got, sb.name: _in_use(cc, sb)}
         if fl.placed != {pb.name: on_primary, sb.name: on_secondary}:
             raise CheckFailed(f"calls in flight placed {fl.placed}, wanted {pb.name}={on_primary}, "
                               f"{sb.name}={on_secondary}")
     except BaseException:
+        # Leave no call behind for the next scenario: let the groups already placed hang up (bounded).
+        for fut in fl.futures.values():
+            with contextlib.suppress(Exception):
+                fut.result(timeout=hold_s + 60)
         pool.shutdown(wait=False)
         raise
     return fl

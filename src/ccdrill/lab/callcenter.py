@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .runbook import current_layout
-from .world import Lab
+from .world import Lab, LabError
 
 SIPP_DIR = "/opt/ccdrill/sipp"
 
@@ -85,16 +85,41 @@ class CallCenter:
         return {b.name: self.board_stats(b) for b in self.boards(kind)}
 
     def reset_peaks(self) -> None:
+        """Reset every answering board's peaks (a board whose driver is down has none to reset)."""
         for kind in ("voice", "fax"):
             for b in self.boards(kind):
-                self.lab.ctl(b.host, b.ctl_port, {"op": "reset_peaks"})
+                try:
+                    self.lab.ctl(b.host, b.ctl_port, {"op": "reset_peaks"}, timeout=10)
+                except LabError:
+                    continue
+
+    def answering_boards(self, kind: str = "voice") -> list[Board]:
+        """The boards of the layout whose driver answers now (in the layout's hunting order)."""
+        out = []
+        for b in self.boards(kind):
+            try:
+                self.board_stats(b)
+                out.append(b)
+            except LabError:
+                continue
+        return out
+
+    def ivr_host(self) -> str:
+        """The IPC whose IVR runs now: the primary, or the secondary after a DR-4 switchover."""
+        for host in (self.primary, self.secondary):
+            if host and self.programs(host).get("ivr") == "RUNNING":
+                return host
+        return self.primary
 
     def ivr_stats(self, host: str | None = None) -> dict:
-        return self.lab.ctl(host or self.primary, self.vars["ivr_ctl_port"])
+        return self.lab.ctl(host or self.ivr_host(), self.vars["ivr_ctl_port"])
 
     def programs(self, host: str) -> dict[str, str]:
-        """supervisord's view of a host: {program: RUNNING|STOPPED|...}."""
-        _rc, out, _err = self.lab.exec(host, ["supervisorctl", "status"], 30)
+        """supervisord's view of a host: {program: RUNNING|STOPPED|...}; {} for a host that does not answer."""
+        try:
+            _rc, out, _err = self.lab.exec(host, ["supervisorctl", "status"], 30)
+        except LabError:
+            return {}
         states = {}
         for line in out.splitlines():
             parts = line.split()

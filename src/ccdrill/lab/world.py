@@ -167,7 +167,10 @@ class Lab:
 
     def exec(self, host: str, argv: list[str], timeout: float = 120.0) -> tuple[int, str, str]:
         """Run a command on a lab host, bounded by `timeout` seconds (coreutils timeout inside)."""
-        res = self.container(host).exec_run(["timeout", "-k", "2", str(max(1, int(timeout)))] + argv, demux=True)
+        try:
+            res = self.container(host).exec_run(["timeout", "-k", "2", str(max(1, int(timeout)))] + argv, demux=True)
+        except docker.errors.APIError as exc:  # a paused (hung) or removed host
+            raise LabError(f"{host}: {exc.explanation or exc}") from exc
         out, err = res.output if isinstance(res.output, tuple) else (res.output, b"")
         return res.exit_code, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
 
