@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CCDRILL_ROOT := $(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: drill test setup venv engine images lint unit features molecule bench clean
+.PHONY: drill test setup venv engine images lint unit features molecule rehearsal bench clean
 
 ## make drill: bring up the two-site lab, run the plan's rehearsal, write the report under reports/.
 drill: setup
@@ -35,7 +35,7 @@ engine: venv
 images: engine
 	$(VENV)/bin/ccdrill images
 
-lint unit features molecule: setup
+lint unit features molecule rehearsal: setup
 	$(VENV)/bin/tox run -e $@
 
 bench: setup
