@@ -51,7 +51,9 @@ def _playbook_cmd(playbook: str, lab: str, inventory: Path | None, extra: list[s
     root = project_root()
     inv_dir = inventory_dir(inventory)
     load_inventory(inv_dir, root / "images")
-    env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    # Absolute paths: a run started from molecule inherits its relative ANSIBLE_ROLES_PATH.
+    env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_ROLES_PATH=str(root / "roles"))
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
     cmd = ["ansible-playbook", "-i", str(inv_dir), str(root / "playbooks" / playbook), *(extra or [])]
