@@ -117,6 +117,7 @@ def _inject(ctx: dict, rollback: Rollback, fault: faults.Fault, board=None) -> N
 @given("the steady state holds: every board controlled, basic calls pass")
 def steady_state(callcenter, ctx):
     _measure(ctx, "steady_state_before", fo.steady_state(callcenter))
+    ctx["probe_tag"] = fo.prepare_probes(callcenter)
 
 
 @given(parsers.parse("callers in flight: {on_primary:d} on the primary's board and {on_secondary:d} on the "
@@ -165,7 +166,7 @@ def operators_see(callcenter, ctx):
 
 def _start_probes(callcenter, ctx) -> None:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rto-probes")
-    ctx["probes"] = pool.submit(fo.probe_rto, callcenter, ctx["fault"].at, served=True)
+    ctx["probes"] = pool.submit(fo.probe_rto, callcenter, ctx["fault"].at, served=True, prepared=ctx.get("probe_tag"))
     pool.shutdown(wait=False)
 
 

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import math
 import re
+import shlex
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,12 +37,21 @@ from docker.errors import APIError
 from ..lab.callcenter import SIPP_DIR, Board, CallCenter
 from ..lab.world import LabError
 from ..load.calls import SCENARIOS, hold_calls, outbound_campaign
-from ..load.sipp import CallResult, place_calls, read_stat_file, uas_delta, wait_stat_file
+from ..load.sipp import (
+    CallResult,
+    SippError,
+    parse_trace_stat,
+    place_calls,
+    read_stat_file,
+    uas_delta,
+    wait_stat_file,
+)
 from .capacity import CheckFailed
 
 RUNNING_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
 SEATS_STAT = "/var/lib/ccdrill/sipp/agent-seats.csv"
 PROBE_INF_DIR = "/tmp/ccdrill-probes"
+PROBE_STAT_DIR = "/tmp/ccdrill-probes/stat"
 RATE = 30.0
 FILLER_HOLD_MS = 20_000
 
@@ -76,7 +88,7 @@ class Survivors(CallCenter):
     """The call center as seen while part of it is down: peaks are reset (and stats read) only on
     the boards that answer. Same lab, same layout; used to load a degraded call center."""
 
-    def __init__(self, cc: CallCenter):  # noqa: D107  (a view, not a new call center)
+    def __init__(self, cc: CallCenter):  # a view of `cc`, not a new call center
         self.__dict__.update(cc.__dict__)
 
     def reset_peaks(self) -> None:
@@ -355,36 +367,66 @@ class Rto:
                 "served_by": None if self.first is None else self.first.served_by, "limit_hit": self.limit_hit}
 
 
-def _served(cc: CallCenter, account: str, wait_s: float = 2.5) -> str | None:
-    """The IPC whose IVR ran the self-service query of `account` (through KCBP), or None."""
+def _served(cc: CallCenter, account: str, since: float, wait_s: float = 2.5) -> str | None:
+    """The IPC whose IVR ran the self-service query of `account` (through KCBP) after `since`, or None."""
     deadline = time.monotonic() + wait_s
     while True:
         for host in (cc.primary, cc.secondary):
             if host is None:
                 continue
             last = (ivr_stats_or_none(cc, host) or {}).get("last_query") or {}
-            if last.get("account") == account and last.get("ok"):
+            if last.get("account") == account and last.get("ok") and last.get("ts", 0) >= since:
                 return host
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.1)
 
 
-def probe_rto(cc: CallCenter, fault_at: float, *, served: bool = False, interval_s: float = 0.2,
-              limit_s: float = 60.0, max_probes: int = 300, answer_timeout_ms: int = 3000) -> Rto:
+def _probe_call(ex, target: str, answer_timeout_ms: int, inf: str | None) -> tuple[bool, float | None, dict, int]:
+    """One IVR call, held 0 ms, in a single exec on the carrier (SIPp, then its -trace_stat CSV):
+    (answered, SIPp's last row time, refused by code, timed out). Lean on purpose: every exec before
+    the INVITE leaves would count in the RTO."""
+    stat = f"{PROBE_STAT_DIR}/probe-{uuid.uuid4().hex[:12]}.csv"
+    timeout_s = max(1, math.ceil(answer_timeout_ms / 1000.0 + 2))
+    argv = ["sipp", "-sf", f"{SIPP_DIR}/{SCENARIOS['ivr']}", target, "-nostdin", "-m", "1", "-l", "1", "-r", "10",
+            "-d", "0", "-timeout", f"{timeout_s}s", "-timeout_error", "-recv_timeout", str(answer_timeout_ms),
+            "-trace_stat", "-stf", stat, "-fd", "1", "-inf", inf or f"{SIPP_DIR}/accounts.csv"]
+    script = f"mkdir -p {PROBE_STAT_DIR}; {shlex.join(argv)} >/dev/null 2>&1; cat {stat}; rm -f {stat}"
+    rc, out, err = ex.run(["sh", "-c", script], timeout_s + 20)
+    try:
+        st = parse_trace_stat(out, source=stat)
+    except SippError as exc:
+        raise SippError(f"probe call: {exc} (exit {rc}: {err.strip()[-300:]})") from exc
+    counters, failures = st["counters"], st["failures"]
+    answered = counters.get("answered", 0) >= 1
+    refused = {int(m.group(1)): v for k, v in counters.items() if (m := re.match(r"refused_?(\d{3})$", k)) and v}
+    timed_out = st["calls"]["current"] + sum(v for k, v in failures.items()
+                                            if k.lower() in ("maxudpretrans", "timeoutonrecv", "timeoutonsend"))
+    return answered, st["now"] if answered else None, refused, timed_out
+
+
+def prepare_probes(cc: CallCenter, max_probes: int = 300) -> str:
+    """Write the probes' injection files on the carrier (one per probe, each with its own account of
+    letters and digits, as KCBP accepts them: the IVR's last query names it). Done before the fault,
+    so that the first probe leaves at once. Returns the tag that `probe_rto(prepared=...)` takes."""
+    tag = f"{int(time.time() * 1000) % 10**9:09d}"
+    rc, _o, err = cc.lab.executor(cc.carrier_host).run(
+        ["sh", "-c", f"mkdir -p {PROBE_INF_DIR} && i=1; while [ $i -le {max_probes} ]; do "
+                     f"printf 'SEQUENTIAL\\nP{tag}%04d;\\n' $i > {PROBE_INF_DIR}/{tag}-$i.csv; i=$((i+1)); done"], 60)
+    if rc != 0:
+        raise LabError(f"cannot write the probes' injection files: {err.strip()}")
+    return f"{tag}:{max_probes}"
+
+
+def probe_rto(cc: CallCenter, fault_at: float, *, served: bool = False, prepared: str | None = None,
+              interval_s: float = 0.2, limit_s: float = 60.0, max_probes: int = 300,
+              answer_timeout_ms: int = 3000) -> Rto:
     """Place single IVR calls, one after the other and at least `interval_s` apart, until one is
     answered (and, with `served`, its self-service query ran); bounded by `limit_s` and `max_probes`."""
     ex = cc.lab.executor(cc.carrier_host)
-    scenario = f"{SIPP_DIR}/{SCENARIOS['ivr']}"
-    tag = f"{int(time.time() * 1000) % 10**9:09d}"
     if served:
-        # One injection file per probe, each with its own account (letters and digits, as KCBP
-        # accepts them): the IVR's last query names it.
-        rc, _o, err = ex.run(["sh", "-c", f"mkdir -p {PROBE_INF_DIR} && i=1; while [ $i -le {max_probes} ]; do "
-                              f"printf 'SEQUENTIAL\\nP{tag}%04d;\\n' $i > {PROBE_INF_DIR}/{tag}-$i.csv; "
-                              f"i=$((i+1)); done"], 60)
-        if rc != 0:
-            raise LabError(f"cannot write the probes' injection files: {err.strip()}")
+        tag, n_files = (prepared or prepare_probes(cc, max_probes)).split(":")
+        max_probes = min(max_probes, int(n_files))
     probes: list[Probe] = []
     deadline = time.monotonic() + limit_s
     limit_hit = None
@@ -398,11 +440,10 @@ def probe_rto(cc: CallCenter, fault_at: float, *, served: bool = False, interval
         n = len(probes) + 1
         launched = time.time()
         inf = f"{PROBE_INF_DIR}/{tag}-{n}.csv" if served else None
-        r = place_calls(ex, scenario, cc.pbx_target, 1, 10.0, 0, answer_timeout_ms=answer_timeout_ms,
-                        timeout=answer_timeout_ms / 1000.0 + 3.0, inf=inf)
-        p = Probe(n, launched, r.answered >= 1, r.stats.get("now") if r.answered else None, r.refused, r.timeouts)
+        answered, answered_at, refused, timed_out = _probe_call(ex, cc.pbx_target, answer_timeout_ms, inf)
+        p = Probe(n, launched, answered, answered_at, refused, timed_out)
         if p.answered and served:
-            p.served_by = _served(cc, f"P{tag}{n:04d}")
+            p.served_by = _served(cc, f"P{tag}{n:04d}", launched)
             p.served = p.served_by is not None
         probes.append(p)
         if p.answered and (p.served or not served):
@@ -449,3 +490,95 @@ def degraded_verdict(result: CallResult, expected: int, what: str) -> dict[str, 
 def as_measured(obj: Any) -> Any:
     """Dataclasses (Rto, Probe, ...) as plain data for ctx['measured'] and the timeline."""
     return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
+
+
+# --- one switchover, end to end (the bench and the Sunday drill) ---------------------------------------------
+@dataclass(frozen=True)
+class Mode:
+    """A failure mode of the DR principle: which fault on which IPC, and the plan's response."""
+
+    name: str
+    side: str  # primary | secondary
+    fault: str  # line | driver | cti | ivr | down
+    playbook: str  # playbooks/failover/<playbook>
+    pbx_routes: bool  # the PBX routes around it by itself (the playbook only tidies up)
+    target_s: float  # RTO target
+
+
+MODES = {
+    "primary-line": Mode("primary board line cut", "primary", "line", "dr3_primary_board_fault.yml", True, 1.0),
+    "primary-driver": Mode("primary board driver crash", "primary", "driver", "dr3_primary_board_fault.yml", True,
+                           1.0),
+    "primary-cti": Mode("primary CTI crash", "primary", "cti", "dr4_primary_software_fault.yml", False, 30.0),
+    "primary-ivr": Mode("primary IVR crash", "primary", "ivr", "dr4_primary_software_fault.yml", False, 30.0),
+    "primary-down": Mode("whole primary IPC down", "primary", "down", "dr4_primary_software_fault.yml", False, 30.0),
+    "secondary-line": Mode("secondary board line cut", "secondary", "line", "dr5_secondary_fault.yml", True, 1.0),
+    "secondary-driver": Mode("secondary board driver crash", "secondary", "driver", "dr5_secondary_fault.yml", True,
+                             1.0),
+    "secondary-down": Mode("whole secondary IPC down", "secondary", "down", "dr5_secondary_fault.yml", True, 1.0),
+}
+
+
+def inject(cc: CallCenter, mode: Mode, timeline=None):
+    """The mode's fault, injected by the nemesis; returns (fault, board or None)."""
+    from .. import faults
+
+    host = cc.primary if mode.side == "primary" else cc.secondary
+    board = next((b for b in cc.boards("voice") if b.host == host), None)
+    if mode.fault == "line":
+        return faults.line_down(cc.lab, board, timeline), board
+    if mode.fault == "driver":
+        return faults.crash_driver(cc.lab, board, timeline), board
+    if mode.fault in ("cti", "ivr"):
+        return faults.crash(cc.lab, host, mode.fault, timeline), None
+    if mode.fault == "down":
+        return faults.ipc_down(cc.lab, host, timeline), None
+    raise ValueError(f"unknown fault {mode.fault!r}")
+
+
+def switchover(cc: CallCenter, mode: Mode, play, timeline=None, respond: bool = True) -> dict[str, Any]:
+    """Inject `mode`'s fault, let the operators respond (`play(playbook) -> exit code` runs one of
+    playbooks/failover), and time it: fault -> detected -> playbook -> first new call answered and
+    served by an IVR. Faults the PBX routes around are probed from the fault on and the playbook runs
+    after (not at all with respond=False: the PBX alone is timed); the others are probed from
+    detection on, while the playbook runs. The fault is left in place (the caller undoes it and fails
+    back). Returns the timings (seconds after the fault)."""
+    if not respond and not mode.pbx_routes:
+        raise ValueError(f"{mode.name} needs the operators' playbook")
+    out: dict[str, Any] = {"mode": mode.name, "pbx_routes": mode.pbx_routes, "target_s": mode.target_s}
+    prepared = prepare_probes(cc)
+    fault, board = inject(cc, mode, timeline)
+    out.update(fault=fault, board=board)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="switchover")
+    try:
+        if mode.pbx_routes:
+            probes = pool.submit(probe_rto, cc, fault.at, served=True, prepared=prepared)
+            detected = pool.submit(detect, cc, fault, board)
+            rto = probes.result(timeout=120)
+            out["detection"] = detected.result(timeout=60)
+            t0 = time.time()
+            rc = play(mode.playbook) if respond else None
+        else:
+            out["detection"] = detect(cc, fault, board)
+            probes = pool.submit(probe_rto, cc, fault.at, served=True, prepared=prepared)
+            t0 = time.time()
+            rc = play(mode.playbook)
+            t_end = time.time()
+            rto = probes.result(timeout=180)
+        t_end = time.time() if mode.pbx_routes else t_end
+    finally:
+        pool.shutdown(wait=False)
+    out.update(rto=rto, playbook_rc=rc, playbook_start_s=round(t0 - fault.at, 3),
+               playbook_s=round(t_end - t0, 3))
+    det = out["detection"]["detected_after_s"]
+    if rto.rto_s is not None:
+        if mode.pbx_routes:
+            # The PBX needs no operator: the first call's own hunt (or the OPTIONS probe, whichever
+            # comes first) is the detection, the rest is recovery; the playbook only tidies up after.
+            out["split"] = {"detection_s": round(min(det, rto.rto_s), 3), "playbook_s": 0.0,
+                            "recovery_s": round(max(0.0, rto.rto_s - det), 3)}
+        else:
+            # recovery < 0: callers were served again before the playbook's last check finished
+            out["split"] = {"detection_s": round(det, 3), "operator_gap_s": round(t0 - fault.at - det, 3),
+                            "playbook_s": round(t_end - t0, 3), "recovery_s": round(rto.rto_s - (t_end - fault.at), 3)}
+    return out

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -354,14 +355,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m ccdrill.checks.parity", description=__doc__.split("\n\n")[0])
     p.add_argument("--lab", required=True, help="lab name")
-    p.add_argument("--layout", default="target", help="layout whose primary and secondary are compared")
+    p.add_argument("--layout", help="layout whose primary and secondary are compared (default: the one the "
+                                    "lab's runbook ledger implies)")
     p.add_argument("--inventory", type=Path, help="inventory folder (default: inventory/lab)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     root = project_root()
-    inv_dir = args.inventory or root / "inventory" / "lab"
+    inv_dir = args.inventory or Path(os.environ.get("CCDRILL_INVENTORY") or root / "inventory" / "lab")
     lab = Lab(args.lab, load_inventory(inv_dir, root / "images"), ensure_engine(), root / "images")
-    rep = check(CallCenter(lab, inv_dir, args.layout))
+    try:
+        rep = check(CallCenter(lab, inv_dir, args.layout))
+    except ValueError as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(rep.as_dict(), indent=2, default=str))
     else:

@@ -35,6 +35,7 @@ __all__ = [
     "crash_cti",
     "crash_driver",
     "crash_ivr",
+    "crashed_state",
     "ipc_down",
     "ipc_up",
     "line_down",
@@ -102,8 +103,10 @@ def _status(lab: Lab, host: str, program: str) -> str:
 
 
 def crash(lab: Lab, host: str, program: str, timeline=None) -> Fault:
-    """SIGKILL the process supervisord runs as `program` on `host` (only that PID), and wait until
-    supervisord sees it gone. The programs run with autorestart=false: the crash stays a crash."""
+    """SIGKILL the process supervisord runs as `program` on `host` (only that PID, checked to be the
+    program's own). Returns as soon as the kill is done, so that whatever is timed from the fault starts
+    at once; the programs run with autorestart=false (the crash stays a crash): `crashed_state` tells
+    what supervisord made of it."""
     t0 = time.time()
     rc, out, err = lab.exec(host, ["supervisorctl", "pid", program], 15)
     pid_text = out.strip()
@@ -120,16 +123,25 @@ def crash(lab: Lab, host: str, program: str, timeline=None) -> Fault:
     rc, _out, err = lab.exec(host, ["kill", "-KILL", str(pid)], 10)
     if rc != 0:
         raise FaultError(f"{host}: kill -KILL {pid} ({program}): {err.strip()}")
-    deadline = time.monotonic() + CRASH_WAIT_S
-    state = _status(lab, host, program)
-    while state in ("RUNNING", "STOPPING") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        state = _status(lab, host, program)
-    if state in ("RUNNING", "STARTING", "BACKOFF"):
-        raise FaultError(f"{host}: {program} is {state} again after SIGKILL of {pid}: is autorestart on?")
     return _record(timeline, "fault", Fault("crash", host, program, t_kill, time.time(),
-                                            {"pid": pid, "signal": "KILL", "supervisord_state": state,
-                                             "looked_up_at": round(t0, 6)}))
+                                            {"pid": pid, "signal": "KILL", "looked_up_at": round(t0, 6)}))
+
+
+def crashed_state(lab: Lab, fault: Fault, wait_s: float = CRASH_WAIT_S) -> str:
+    """supervisord's state of a crashed program once it noticed (EXITED with autorestart=false);
+    FaultError if supervisord started it again (autorestart on: the crash would not stay a crash)."""
+    deadline = time.monotonic() + wait_s
+    state = _status(lab, fault.host, fault.target)
+    while state in ("RUNNING", "STOPPING") and time.monotonic() < deadline:
+        pid = lab.exec(fault.host, ["supervisorctl", "pid", fault.target], 10)[1].strip()
+        if pid.isdigit() and int(pid) != fault.detail["pid"]:
+            break
+        time.sleep(0.05)
+        state = _status(lab, fault.host, fault.target)
+    if state in ("RUNNING", "STARTING", "BACKOFF"):
+        raise FaultError(f"{fault.host}: {fault.target} is {state} again after SIGKILL of {fault.detail['pid']}: "
+                         f"is autorestart on?")
+    return state
 
 
 def crash_driver(lab: Lab, board: Board, timeline=None) -> Fault:
