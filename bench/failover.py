@@ -199,6 +199,10 @@ def main() -> int:
         print(f"{r['mode']:30} {r['needs']:8} {r['n']:>2} {fmt(r['detection'])} {fmt(r['playbook'], 10)} "
               f"{fmt(r['recovery'])} {fmt(r['rto_median'])} {fmt(r['rto_max'])} {r['target']:>8.0f}  "
               f"{'ok' if ok else 'MISSED'}{extra}")
+    print("RTO = detection + playbook (only where the recovery needs the operators) + recovery; detection is when "
+          "the monitoring sees the fault (PBX marks the trunk inactive, boards report no controller, supervisord "
+          "shows the program down); a negative recovery means callers were served before that point (the first "
+          "call's own hunt beat the PBX's OPTIONS probe; the secondary served before the playbook's last check).")
     slow = [r for r in rows if r["needs"] == "PBX" and (r["rto_max"] or 99) > r["target"]]
     if slow:
         print(f"PBX-routed modes above {slow[0]['target']:g} s: lower pbx_fr_timer_ms (now {pbx.get('fr_timer')}) in "

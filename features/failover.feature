@@ -58,6 +58,10 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
     Examples:
       | fault                 |
       | cuts the line of      |
+
+    @full
+    Examples:
+      | fault                 |
       | crashes the driver of |
 
   @DR-4 @DR-6 @target
@@ -82,6 +86,10 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
     Examples:
       | program |
       | CTI     |
+
+    @full
+    Examples:
+      | program |
       | IVR     |
 
   @DR-5 @DR-6 @target
@@ -103,8 +111,12 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
 
     Examples:
       | fault                 |
-      | cuts the line of      |
       | crashes the driver of |
+
+    @full
+    Examples:
+      | fault                 |
+      | cuts the line of      |
 
   @DR-7 @target
   Scenario Outline: Failback after a <mode> restores the target capacity (CAP-T1, CAP-T2, CAP-T3)
@@ -132,8 +144,12 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
 
     Examples:
       | mode                   | fault                                             | playbook                       |
-      | primary board fault    | cuts the line of the primary's voice board        | dr3_primary_board_fault.yml    |
       | primary software fault | crashes the primary's CTI                         | dr4_primary_software_fault.yml |
+
+    @full
+    Examples:
+      | mode                   | fault                                             | playbook                       |
+      | primary board fault    | cuts the line of the primary's voice board        | dr3_primary_board_fault.yml    |
       | secondary fault        | crashes the driver of the secondary's voice board | dr5_secondary_fault.yml        |
 
   @CAP-D1 @target
@@ -171,5 +187,9 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
 
     Examples:
       | side      | playbook                       | survivor  |
-      | secondary | dr5_secondary_fault.yml        | primary   |
       | primary   | dr4_primary_software_fault.yml | secondary |
+
+    @full
+    Examples:
+      | side      | playbook                       | survivor  |
+      | secondary | dr5_secondary_fault.yml        | primary   |

@@ -572,13 +572,13 @@ def switchover(cc: CallCenter, mode: Mode, play, timeline=None, respond: bool = 
                playbook_s=round(t_end - t0, 3))
     det = out["detection"]["detected_after_s"]
     if rto.rto_s is not None:
+        # RTO = detection + (operators' gap + playbook, when the recovery needs them) + recovery. A
+        # negative recovery: callers were served again before that point (for the faults the PBX routes
+        # around, the first call's own hunt found the other IPC before the PBX's OPTIONS probe marked
+        # the silent board; after a playbook, the secondary served before the playbook's last check).
         if mode.pbx_routes:
-            # The PBX needs no operator: the first call's own hunt (or the OPTIONS probe, whichever
-            # comes first) is the detection, the rest is recovery; the playbook only tidies up after.
-            out["split"] = {"detection_s": round(min(det, rto.rto_s), 3), "playbook_s": 0.0,
-                            "recovery_s": round(max(0.0, rto.rto_s - det), 3)}
+            out["split"] = {"detection_s": round(det, 3), "playbook_s": 0.0, "recovery_s": round(rto.rto_s - det, 3)}
         else:
-            # recovery < 0: callers were served again before the playbook's last check finished
             out["split"] = {"detection_s": round(det, 3), "operator_gap_s": round(t0 - fault.at - det, 3),
                             "playbook_s": round(t_end - t0, 3), "recovery_s": round(rto.rto_s - (t_end - fault.at), 3)}
     return out
