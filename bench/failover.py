@@ -136,7 +136,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(args.extra_vars)
     t_start = time.monotonic()
-    rows, notes, pbx, overhead = [], [], {}, float("nan")
+    rows, notes, pbx, overhead, broken = [], [], {}, float("nan"), False
     try:
         if not (args.reuse and any(h.status == "running" for h in bench.lab.status())):
             bench.up()
@@ -177,16 +177,29 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001
                     notes.append(f"{mode.name}: restore failed: {exc}")
                     log(f"  restore FAILED: {exc}; failing back")
-                    for h in (bench.cc.primary, bench.cc.secondary):
-                        if faults.is_paused(bench.lab, h):
-                            faults.ipc_up(bench.lab, h)
-                    bench.failover_play("dr7_failback.yml")
+                    try:
+                        for h in (bench.cc.primary, bench.cc.secondary):
+                            if faults.is_paused(bench.lab, h):
+                                faults.ipc_up(bench.lab, h)
+                        if bench.failover_play("dr7_failback.yml") != 0:
+                            raise RuntimeError(f"dr7_failback.yml failed; see {bench.playbook_log}")
+                        fo.steady_state(bench.cc, timeout=30)
+                    except Exception as exc2:  # noqa: BLE001  (the lab is not usable: stop, keep what was measured)
+                        notes.append(f"the lab could not be brought back ({exc2}); the remaining modes were skipped")
+                        log(f"  the lab could not be brought back: {exc2}")
+                        broken = True
+                        break
             rows.append(summarise(mode.name, runs))
-        pbx = bench.pbx_settings()
+            if broken:
+                break
+        pbx = bench.pbx_settings() if not broken else {}
     finally:
         if not args.keep:
             log(f"tearing down lab {LAB}")
-            bench.lab.down()
+            try:
+                bench.lab.down()
+            except Exception as exc:  # noqa: BLE001  (report the figures anyway)
+                log(f"  teardown: {exc}; run `ccdrill --lab {LAB} lab down`")
     print()
     print(f"Failover RTO bench, lab {LAB}: PBX fr_timer {pbx.get('fr_timer')} ms, OPTIONS probe every "
           f"{pbx.get('ds_ping_interval')} s; probe calls every >= 0.2 s (one probe takes {overhead:.2f} s on the "
