@@ -9,11 +9,10 @@ from pytest_bdd import given, parsers, then, when
 from ccdrill.checks import capacity as check
 from ccdrill.lab.database import psql, read_dbconn
 from ccdrill.lab.hardware import running_boards
-from ccdrill.load.calls import CallSpec, hold_calls, hold_groups, outbound_campaign
+from ccdrill.load.calls import SEATS_STAT, CallSpec, hold_calls, hold_groups, outbound_campaign
 from ccdrill.load.sipp import read_stat_file, uas_delta, wait_stat_file
 
 KINDS = {"IVR": "ivr", "agent": "agent", "fax": "fax"}
-SEATS_STAT = "/var/lib/ccdrill/sipp/agent-seats.csv"
 
 
 def _measure(ctx: dict, key: str, value) -> None:

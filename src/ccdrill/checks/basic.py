@@ -7,10 +7,8 @@ import time
 
 from ..lab.callcenter import CallCenter
 from ..lab.database import psql, read_dbconn
-from ..load.calls import hold_calls, outbound_campaign, place_board_dial
+from ..load.calls import SEATS_STAT, hold_calls, outbound_campaign, place_board_dial
 from ..load.sipp import read_stat_file, uas_delta, wait_stat_file
-
-SEATS_STAT = "/var/lib/ccdrill/sipp/agent-seats.csv"
 
 
 def basic_calls(cc: CallCenter) -> dict:

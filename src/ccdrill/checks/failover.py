@@ -36,7 +36,7 @@ from docker.errors import APIError
 
 from ..lab.callcenter import SIPP_DIR, Board, CallCenter
 from ..lab.world import LabError
-from ..load.calls import SCENARIOS, hold_calls, outbound_campaign
+from ..load.calls import SCENARIOS, SEATS_STAT, hold_calls, outbound_campaign
 from ..load.sipp import (
     CallResult,
     SippError,
@@ -49,7 +49,7 @@ from ..load.sipp import (
 from .capacity import CheckFailed
 
 RUNNING_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
-SEATS_STAT = "/var/lib/ccdrill/sipp/agent-seats.csv"
+
 PROBE_INF_DIR = "/tmp/ccdrill-probes"
 PROBE_STAT_DIR = "/tmp/ccdrill-probes/stat"
 RATE = 30.0
@@ -91,13 +91,6 @@ class Survivors(CallCenter):
     def __init__(self, cc: CallCenter):  # a view of `cc`, not a new call center
         self.__dict__.update(cc.__dict__)
 
-    def reset_peaks(self) -> None:
-        for kind in ("voice", "fax"):
-            for b in self.boards(kind):
-                try:
-                    self.lab.ctl(b.host, b.ctl_port, {"op": "reset_peaks"}, timeout=10)
-                except (LabError, APIError):
-                    continue
 
     def all_board_stats(self, kind: str = "voice") -> dict[str, dict]:
         out = {}

@@ -80,6 +80,7 @@ class OutboundResult:
 
 
 CARRIER_ANSWER_STAT = "/var/lib/ccdrill/sipp/carrier-answer.csv"
+SEATS_STAT = "/var/lib/ccdrill/sipp/agent-seats.csv"
 
 
 def outbound_campaign(cc: CallCenter, count: int, *, rate: float = RATE, hold_ms: int | None = None,
