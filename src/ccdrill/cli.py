@@ -175,6 +175,22 @@ def cmd_monitor(args) -> int:
     return _verdict(monitor(_callcenter(args), args.calls))
 
 
+def cmd_runbook(args) -> int:
+    from .lab.runbook import RunbookError, read_ledger, record_by_hand
+
+    lab = _lab(args)
+    if args.action == "show":
+        print(json.dumps(read_ledger(lab), indent=2))
+        return 0
+    try:
+        added = record_by_hand(lab, args.step, args.by or "", args.reason or "", project_root())
+    except RunbookError as exc:
+        print(f"ccdrill: {exc}", file=sys.stderr)
+        return 2
+    print(f"runbook: {args.step} {'recorded by hand' if added else 'already recorded'}")
+    return 0
+
+
 def cmd_play(args) -> int:
     return run_playbook(args.playbook, lab_name(args), args.inventory, args.extra)
 
@@ -192,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("lab", help="bring the two-site lab up, show it, or tear it down")
     s.add_argument("action", choices=["up", "create", "status", "down"])
     s.set_defaults(func=cmd_lab)
+    s = sub.add_parser("runbook", help="show the runbook ledger, or record by hand a step done outside the playbooks")
+    s.add_argument("action", choices=["show", "record"])
+    s.add_argument("step", nargs="?", default="")
+    s.add_argument("--by", help="who records the step (required with record)")
+    s.add_argument("--reason", help="why it is recorded by hand (required with record)")
+    s.set_defaults(func=cmd_runbook)
     s = sub.add_parser("play", help="run one of the plan's playbooks against the lab")
     s.add_argument("playbook")
     s.add_argument("extra", nargs=argparse.REMAINDER)

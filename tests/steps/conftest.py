@@ -17,6 +17,10 @@ from ccdrill.lab.inventory import load_inventory
 from ccdrill.lab.world import Lab
 
 from .steps_failover import *  # noqa: F401,F403
+from .steps_migration_app_db import *  # noqa: F401,F403
+from .steps_migration_notify import *  # noqa: F401,F403
+from .steps_migration_ta_import import *  # noqa: F401,F403
+from .steps_migration_webchat import *  # noqa: F401,F403
 from .steps_telephony import *  # noqa: F401,F403  (pytest-bdd finds steps through conftest)
 from .steps_upgrade import *  # noqa: F401,F403
 
@@ -94,8 +98,9 @@ def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func
                                               error=str(exception)[:2000])
 
 
-# Baseline scenarios first, then the upgrade weekend in file order, then the target layout's.
-PHASES = {"baseline": 0, "upgrade": 1, "target": 2}
+# Baseline scenarios first, then the upgrade weekend in file order, then the target layout's, then
+# the migration batches in file order (features/migration_<n>_*.feature), then DR after migration.
+PHASES = {"baseline": 0, "upgrade": 1, "target": 2, "migration": 4, "post_migration": 5}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,7 +17,7 @@ from pathlib import Path
 import docker
 
 # Parent of each image kind; `base` is the debootstrap root.
-PARENTS = {"host": "base", "pbx": "host", "carrier": "host", "db": "host", "web": "host"}
+PARENTS = {"host": "base", "pbx": "host", "carrier": "host", "db": "host", "web": "host", "mail": "host"}
 RECIPE_LABEL = "ccdrill.recipe"
 
 

@@ -1,0 +1,1 @@
+"""Steps of the migration batch (see features/migration_*_webchat.feature)."""
