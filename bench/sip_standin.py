@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -33,101 +32,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-SIPP_LIMITS = ["-nostdin", "-timeout", "30s", "-timeout_error"]
+sys.path.insert(0, str(ROOT))  # for tests.support
 
-UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bench-uac">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-X-Fund-Account: 88[call_number]
-Content-Type: application/sdp
-Content-Length: [len]
+from tests.support.sipp import (  # noqa: E402
+    AUDIO_PCMA,
+    Sipp,
+    answer,
+    free_port,
+    read_stat,
+    recv,
+    reply,
+    scenario,
+    uac_call,
+)
 
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 8
-a=rtpmap:8 PCMA/8000
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <pause/>
-  <send retrans="500"><![CDATA[
-BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
+# SIPp options of every run here (as well as -nostdin -timeout 30s -timeout_error, a bounded -m).
+SIPP_OPTIONS = ("-buff_size", "8388608", "-max_recv_loops", "10000", "-max_sched_loops", "10000")
+
+UAC = uac_call("bench-uac", headers=["X-Fund-Account: 88[call_number]"], media=AUDIO_PCMA)
 
 # SIPp's own UAS doing what the board does on the wire (no 180, no 4 s timewait).
-UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="bench-uas">
-  <recv request="INVITE" crlf="true"/>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 8
-a=rtpmap:8 PCMA/8000
-]]></send>
-  <recv request="ACK" crlf="true"/>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-]]></send>
-</scenario>
-"""
-
-
-def free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+UAS = scenario("bench-uas", recv(request="INVITE", crlf=True), answer(AUDIO_PCMA), recv(request="ACK", crlf=True),
+               recv(request="BYE"), reply())
 
 
 def pinned(cpu: int | None):
@@ -155,36 +81,16 @@ def http(port: int, req: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
-def read_stat(path: Path) -> dict:
-    """Counters of a SIPp -trace_stat file: last row, elapsed from epochs, peak CurrentCall."""
-    rows = list(csv.reader(path.read_text().splitlines(), delimiter=";"))
-    head, data = rows[0], rows[1:]
-    last = dict(zip(head, data[-1], strict=False))
-
-    def epoch(v: str) -> float:
-        return float(v.split("\t")[-1])
-
-    return {
-        "ok": int(last["SuccessfulCall(C)"]),
-        "failed": int(last["FailedCall(C)"]),
-        "elapsed": epoch(last["CurrentTime"]) - epoch(last["StartTime"]),
-        "peak_current": max(int(dict(zip(head, r, strict=False))["CurrentCall"]) for r in data),
-        "retransmissions": int(last.get("Retransmissions(C)", 0) or 0),
-    }
-
-
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="ccdrill-bench-"))
-        (self.tmp / "uac.xml").write_text(UAC)
-        (self.tmp / "uas.xml").write_text(UAS)
         self.procs: list[subprocess.Popen] = []
         ncpu = len(os.sched_getaffinity(0))
         self.uas_cpu, self.uac_cpu = (1, 0) if ncpu >= 2 else (None, None)
         self.env = {**os.environ, "PYTHONPATH": str(SRC)}
 
-    # -- processes (each stopped by its own PID at the end)
+    # -- processes (each stopped by its own PID at the end; SIPp runs by tests.support.sipp.Sipp)
     def spawn(self, cmd: list[str], cpu: int | None, log: str) -> subprocess.Popen:
         f = open(self.tmp / log, "wb")  # noqa: SIM115 (closed with the process)
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env, preexec_fn=pinned(cpu))
@@ -199,6 +105,7 @@ class Bench:
                           cpu, f"{cfg['name']}.log")
 
     def stop_all(self) -> None:
+        Sipp.stop_all(grace=5)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -211,16 +118,12 @@ class Bench:
             p._logfile.close()  # type: ignore[attr-defined]
 
     def sipp_uac(self, tag: str, target_port: int, m: int, rate: int, limit: int, hold_ms: int) -> dict:
-        stf = self.tmp / f"{tag}.csv"
-        cmd = ["sipp", *SIPP_LIMITS, "-sf", str(self.tmp / "uac.xml"), "-s", "ivr", "-i", "127.0.0.1",
-               "-p", str(free_port()), "-m", str(m), "-r", str(rate), "-l", str(limit), "-d", str(hold_ms),
-               "-buff_size", "8388608", "-max_recv_loops", "10000", "-max_sched_loops", "10000",
-               "-trace_stat", "-stf", str(stf), "-fd", "1", "-trace_err", "-error_file",
-               str(self.tmp / f"{tag}.err"), f"127.0.0.1:{target_port}"]
-        p = self.spawn(cmd, self.uac_cpu, f"{tag}.log")
-        p.wait(45)
-        res = read_stat(stf)
-        res["rc"] = p.returncode
+        uac = Sipp(self.tmp, UAC, ["-s", "ivr", "-r", str(rate), "-l", str(limit), "-d", str(hold_ms),
+                                   f"127.0.0.1:{target_port}"], m, tag=tag, options=SIPP_OPTIONS, log=True,
+                   preexec_fn=pinned(self.uac_cpu), wait_bound=False)
+        uac.proc.wait(45)
+        res = read_stat(uac.stf)
+        res["rc"] = uac.proc.returncode
         return res
 
     def start_lab(self, channels: int) -> None:
@@ -260,21 +163,17 @@ class Bench:
         return res
 
     def run_sipp_uas(self, tag: str, m: int, rate: int, limit: int, hold_ms: int) -> dict:
-        port = free_port()
-        stf = self.tmp / f"{tag}-uas.csv"
-        cmd = ["sipp", *SIPP_LIMITS, "-sf", str(self.tmp / "uas.xml"), "-i", "127.0.0.1", "-p", str(port),
-               "-m", str(m), "-buff_size", "8388608", "-max_recv_loops", "10000", "-max_sched_loops", "10000",
-               "-trace_stat", "-stf", str(stf), "-fd", "1"]
-        uas = self.spawn(cmd, self.uas_cpu, f"{tag}-uas.log")
+        uas = Sipp(self.tmp, UAS, [], m, tag=f"{tag}-uas", options=SIPP_OPTIONS, trace_err=False, log=True,
+                   preexec_fn=pinned(self.uas_cpu), wait_bound=False)
         time.sleep(0.3)
         peak_rss = 0.0
-        res = self.sipp_uac(tag, port, m, rate, limit, hold_ms)
+        res = self.sipp_uac(tag, uas.port, m, rate, limit, hold_ms)
         with contextlib.suppress(OSError):
             peak_rss = rss_mb(uas.pid)
         _pid, _status, ru = os.wait4(uas.pid, 0)
-        uas.returncode = os.waitstatus_to_exitcode(_status)
+        uas.proc.returncode = os.waitstatus_to_exitcode(_status)
         res["uas_cpu_s"] = ru.ru_utime + ru.ru_stime
-        res["uas_peak"] = read_stat(stf)["peak_current"]
+        res["uas_peak"] = read_stat(uas.stf)["peak_current"]
         res["uas_rss_mb"] = max(peak_rss, ru.ru_maxrss / 1024)
         return res
 

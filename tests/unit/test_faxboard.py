@@ -15,16 +15,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness lives in
 from test_voiceboard import (  # noqa: E402
     SRC,
     Phone,
-    Sipp,
     _no_stray_sipp,  # noqa: F401  (autouse: SIPp killed after each test)
     addr,
     ctl,
     final,
     lab,  # noqa: F401  (module-scoped fixture)
     needs_sipp,
-    ok_calls,
-    wait_for,
 )
+from tests.support.sipp import (  # noqa: E402
+    T38,
+    Sipp,
+    ack_refusal,
+    invite,
+    ok_calls,
+    recv,
+    scenario,
+    uac_call,
+)
+from tests.support.wait import wait_for  # noqa: E402
 
 from ccdrill.standins.common import ConfigError  # noqa: E402
 from ccdrill.standins.faxboard import FaxBoard, offers_t38  # noqa: E402
@@ -140,68 +148,9 @@ def test_fax_no_controller(faxlab):
         ph.close()
 
 
-UAC_FAX = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="fax">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=image [media_port] udptl t38
-a=T38FaxVersion:0
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="200"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <pause/>
-  <send retrans="500"><![CDATA[
-BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-
-UAC_FAX_BUSY = UAC_FAX.split("<recv response=\"200\"/>")[0] + """<recv response="503"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-</scenario>
-"""
+UAC_FAX = uac_call("fax", media=T38, ringing=False)
+UAC_FAX_BUSY = scenario("fax", invite(media=T38), recv(response=100, optional=True), recv(response=503),
+                        ack_refusal())
 
 
 @needs_sipp

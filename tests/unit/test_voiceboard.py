@@ -2,18 +2,16 @@
 network for the channel-accounting properties.
 
 The board, a real KCXP broker and a real CTI run in an asyncio loop in a background thread of
-the test process; SIPp runs as a subprocess (always -nostdin -timeout 30s -timeout_error, bounded
--m) and is killed by PID if a test fails.
+the test process; SIPp runs as a subprocess (tests.support.sipp: always -nostdin -timeout 30s
+-timeout_error, bounded -m) and is killed by PID if a test fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +24,23 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.sipp import (
+    AUDIO,
+    HAVE_SIPP,
+    Sipp,
+    ack,
+    ack_refusal,
+    answer,
+    free_port,
+    invite,
+    ok_calls,
+    recv,
+    reply,
+    scenario,
+    send,
+    uac_call,
+)
+from tests.support.wait import wait_for
 
 from ccdrill.standins import sip
 from ccdrill.standins.common import ConfigError, KcxpClient
@@ -35,7 +50,7 @@ from ccdrill.standins.sip import make_request, make_response, parse
 from ccdrill.standins.voiceboard import VoiceBoard
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
+needs_sipp = pytest.mark.skipif(not HAVE_SIPP, reason="sipp not installed")
 
 
 # --------------------------------------------------------------------------- harness
@@ -60,22 +75,6 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Lab:
@@ -250,260 +249,48 @@ def ctl(board, req: dict | None = None):
 
 # --------------------------------------------------------------------------- SIPp
 
-UAC_HOLD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="hold">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-X-Fund-Account: 88000[call_number]
-Content-Type: application/sdp
-Content-Length: [len]
+UAC_HOLD = uac_call("hold", headers=["X-Fund-Account: 88000[call_number]"], record_route=True)
 
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 8
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send><![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <pause/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-
-UAC_REFUSED = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="refused">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="%(code)s">
+UAC_REFUSED = scenario(
+    "refused", invite(), recv(response=100, optional=True),
+    """  <recv response="%(code)s">
     <action>
       <ereg regexp="%(warning)s" search_in="hdr" header="Warning:" check_it="true" assign_to="1"/>
     </action>
   </recv>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <Reference variables="1"/>
-</scenario>
-"""
+""", ack_refusal(), '  <Reference variables="1"/>\n')
 
 # The caller stays on the line until the board hangs up (agent BYE relayed by the board).
-UAC_WAIT_BYE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="wait-bye">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-]]></send>
-</scenario>
-"""
+UAC_WAIT_BYE = scenario("wait-bye", invite(), recv(response=100, optional=True), recv(response=180, optional=True),
+                        recv(response=200), ack(), recv(request="BYE"), reply())
 
 # A seat: checks X-Agent-For, answers, and either waits for the BYE or hangs up itself.
-UAS_SEAT = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="seat">
-  <recv request="INVITE">
+UAS_SEAT = scenario(
+    "seat",
+    """  <recv request="INVITE">
     <action>
       <ereg regexp="%(check)s" search_in="%(where)s" %(header)s check_it="true" assign_to="1"/>
       <ereg regexp=".+" search_in="hdr" header="From:" check_it="true" assign_to="rf"/>
     </action>
   </recv>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 8
-]]></send>
-  <recv request="ACK"/>
-%(ending)s
-  <Reference variables="1,rf"/>
-</scenario>
-"""
+""", reply("180 Ringing", tag=True), answer(AUDIO), recv(request="ACK"), "%(ending)s\n",
+    '  <Reference variables="1,rf"/>\n')
 SEAT = {"check": ".+", "where": "hdr", "header": 'header="X-Agent-For:"'}
 CARRIER = {"check": "^INVITE sip:out-[0-9]+@", "where": "msg", "header": ""}
-SEAT_WAITS = """  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-]]></send>"""
-SEAT_HANGS_UP = """  <pause milliseconds="%(ms)d"/>
-  <send retrans="500"><![CDATA[
-BYE sip:board@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:seat@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
-To: [$rf]
-[last_Call-ID:]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="200"/>"""
-
-
-class Sipp:
-    """One SIPp run; `result()` waits and returns (rc, counters from its -trace_stat file)."""
-
-    live: list[Sipp] = []  # killed (by PID) after each test, whatever happened
-
-    def __init__(self, tmp: Path, scenario: str | None, args: list[str], m: int, port: int | None = None,
-                 sn: str | None = None) -> None:
-        self.port = port or free_port()
-        tag = f"sipp{self.port}"
-        self.stf = tmp / f"{tag}.csv"
-        cmd = ["sipp", "-nostdin", "-timeout", "30s", "-timeout_error", "-m", str(m), "-i", "127.0.0.1",
-               "-p", str(self.port), "-buff_size", "1048576", "-trace_stat", "-stf", str(self.stf),
-               "-fd", "1", "-trace_err", "-error_file", str(tmp / f"{tag}.err")]
-        if scenario is not None:
-            path = tmp / f"{tag}.xml"
-            path.write_text(scenario)
-            cmd += ["-sf", str(path)]
-        elif sn:
-            cmd += ["-sn", sn]
-        self.proc = subprocess.Popen(cmd + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        Sipp.live.append(self)
-        self.tmp = tmp
-        # A UAS must be listening before anything is sent to it.
-        wait_for(lambda: self._bound() or self.proc.poll() is not None, what="sipp bound")
-
-    def _bound(self) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", self.port))
-            except OSError:
-                return True
-        return False
-
-    def result(self, timeout: float = 40.0) -> tuple[int, dict]:
-        try:
-            _out, err = self.proc.communicate(timeout=timeout)
-        finally:
-            self.kill()
-        counters: dict = {}
-        if self.stf.exists():
-            rows = list(csv.reader(self.stf.read_text().splitlines(), delimiter=";"))
-            if len(rows) >= 2:
-                counters = dict(zip(rows[0], rows[-1], strict=False))
-        self.stderr = err.decode(errors="replace") if err else ""
-        return self.proc.returncode, counters
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        if self.proc.stderr is not None and not self.proc.stderr.closed and self.proc.returncode is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.proc.stderr.close()
+SEAT_WAITS = (recv(request="BYE") + reply()).rstrip("\n")
+SEAT_HANGS_UP = ('  <pause milliseconds="%(ms)d"/>\n'
+                 + send("BYE sip:board@[remote_ip]:[remote_port] SIP/2.0",
+                        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]",
+                        "From: <sip:seat@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]", "To: [$rf]",
+                        "[last_Call-ID:]", "CSeq: 2 BYE", "Max-Forwards: 70", "Content-Length: 0", retrans=True)
+                 + '  <recv response="200"/>')
 
 
 @pytest.fixture(autouse=True)
 def _no_stray_sipp():
+    """SIPp runs are killed (by PID) after each test, whatever happened."""
     yield
-    while Sipp.live:
-        Sipp.live.pop().kill()
-
-
-def ok_calls(counters: dict) -> tuple[int, int]:
-    return int(counters.get("SuccessfulCall(C)", -1)), int(counters.get("FailedCall(C)", -1))
+    Sipp.stop_all()
 
 
 # --------------------------------------------------------------------------- config

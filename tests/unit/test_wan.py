@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import math
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.netns import (
+    SH_GW,
+    SH_HOST,
+    SZ_GW,
+    SZ_HOST,
+    NamespaceError,
+    Namespaces,
+    addr,
+    ping,
+    wan_cmd,
+    wan_config,
+    wan_ctl,
+    wan_env,
+)
+from tests.support.netns import run as sh
 
 from ccdrill.standins import ctl as ctl_client
 from ccdrill.standins.common import ConfigError, CtlError
@@ -278,61 +291,6 @@ needs_netns = pytest.mark.skipif(
 PREFIX = f"ccdw-{os.getpid()}-"
 DELAY_MS = 20
 CTL_PORT = 9100
-SH_HOST, SH_GW = "10.231.1.10", "10.231.1.254"
-SZ_HOST, SZ_GW = "10.231.2.10", "10.231.2.254"
-
-# Used only when iputils ping is not installed: one ICMP echo at a time over a raw socket.
-PING_FALLBACK = r"""
-import json, os, select, socket, struct, sys, time
-dst, count, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-ident = os.getpid() & 0xFFFF
-def csum(b):
-    t = sum(struct.unpack(f"!{len(b) // 2}H", b)); t = (t >> 16) + (t & 0xFFFF); t += t >> 16
-    return ~t & 0xFFFF
-out = []
-for seq in range(count):
-    body = struct.pack("!HH", ident, seq) + b"ccdrill-ping" * 4
-    pkt = struct.pack("!BBH", 8, 0, csum(b"\x08\x00\x00\x00" + body)) + body
-    t0 = time.monotonic(); s.sendto(pkt, (dst, 0))
-    while (left := t0 + wait - time.monotonic()) > 0 and select.select([s], [], [], left)[0]:
-        d = s.recv(4096); h = (d[0] & 15) * 4
-        if d[h] == 0 and d[h + 4:h + 8] == body[:4]:
-            out.append((time.monotonic() - t0) * 1000); break
-    time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
-print(json.dumps(out))
-"""
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} -> {p.returncode}: {p.stderr.strip()}")
-    return p
-
-
-def ping(ns: str, dst: str, count: int = 3, wait: float = 1.0) -> list[float]:
-    """RTTs (ms) of the echo replies received; bounded by count and wait."""
-    if shutil.which("ping"):
-        # Older iputils takes only whole seconds for -W.
-        p = sh("ip", "netns", "exec", ns, "ping", "-n", "-c", str(count), "-i", "0.2",
-               "-W", str(max(1, math.ceil(wait))), dst,
-               check=False, timeout=count * (wait + 0.2) + 10)
-        return [float(x) for x in re.findall(r"time=([\d.]+) ms", p.stdout)]
-    p = sh("ip", "netns", "exec", ns, sys.executable, "-c", PING_FALLBACK, dst, str(count), str(wait),
-           timeout=count * (wait + 0.2) + 10)
-    return json.loads(p.stdout)
-
-
-# As in a Docker container: /proc/sys read-only (own mount namespace, so nothing else sees it).
-RO_SYSCTL = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"'
-
-
-def wan_cmd(ns: str, config: Path, ro_sysctl: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "ccdrill.standins.wan", "--config", str(config)]
-    if ro_sysctl:
-        cmd = ["unshare", "-m", "sh", "-c", RO_SYSCTL, "sh", *cmd]
-    return ["ip", "netns", "exec", ns, *cmd]
 
 
 class Lab:
@@ -341,8 +299,7 @@ class Lab:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.ns = {k: PREFIX + k for k in ("sh", "sz", "r")}
-        self.created: list[str] = []
-        self.procs: list[subprocess.Popen] = []
+        self.nss = Namespaces(PREFIX)
         self.wan: subprocess.Popen | None = None
         self.config = tmp / "wan.json"
         self.log = tmp / "wan.log"
@@ -351,77 +308,29 @@ class Lab:
         existing = sh("ip", "netns", "list").stdout
         for name in self.ns.values():
             assert name not in existing, f"namespace {name} already exists"
-        for name in self.ns.values():
-            p = sh("ip", "netns", "add", name, check=False)
-            if p.returncode != 0:
-                pytest.skip(f"cannot create network namespaces here: {p.stderr.strip()}")
-            self.created.append(name)
-        r, s, z = self.ns["r"], self.ns["sh"], self.ns["sz"]
-        # Router-side names and creation order differ from eth0/eth1 on purpose: wan.py must find
-        # each site's device by subnet, as with Docker's unordered interfaces.
-        sh("ip", "-n", r, "link", "add", "ethz", "type", "veth", "peer", "name", "eth0", "netns", z)
-        sh("ip", "-n", r, "link", "add", "etha", "type", "veth", "peer", "name", "eth0", "netns", s)
-        addrs = ((r, "etha", SH_GW), (r, "ethz", SZ_GW), (s, "eth0", SH_HOST), (z, "eth0", SZ_HOST))
-        for ns, dev, addr in addrs:
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        for ns in (r, s, z):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", s, "route", "add", "default", "via", SH_GW)
-        sh("ip", "-n", z, "route", "add", "default", "via", SZ_GW)
-        sh("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.config.write_text(json.dumps({
-            "name": "wan", "ctl_port": CTL_PORT, "delay_ms": DELAY_MS, "jitter_ms": 0, "loss": 0.0,
-            "sites": {"sh": {"subnet": "10.231.1.0/24"}, "sz": {"subnet": "10.231.2.0/24"}},
-        }))
+        try:
+            # Router-side names and creation order differ from eth0/eth1 on purpose: wan.py must find
+            # each site's device by subnet, as with Docker's unordered interfaces.
+            made = self.nss.two_sites({"sz": "ethz", "sh": "etha"})
+        except NamespaceError as e:
+            pytest.skip(f"cannot create network namespaces here: {e.stderr}")
+        assert made == self.ns
+        self.config.write_text(json.dumps(wan_config(DELAY_MS, CTL_PORT)))
 
     def add_ns(self, short: str) -> str:
-        name = PREFIX + short
-        sh("ip", "netns", "add", name)
-        self.created.append(name)
-        return name
+        return self.nss.add(short, lo=False)
 
     def start_wan(self, ro_sysctl: bool = False) -> None:
-        env = {**os.environ, "PYTHONPATH": str(SRC)}
-        with open(self.log, "a") as logf:
-            self.wan = subprocess.Popen(
-                wan_cmd(self.ns["r"], self.config, ro_sysctl), stdout=logf, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(self.wan)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.wan.poll() is not None:
-                raise AssertionError(f"wan exited {self.wan.returncode}: {self.log.read_text()}")
-            p = self.ctl(check=False)
-            if p.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"wan ctl not up: {self.log.read_text()}")
+        self.wan = self.nss.start_wan(self.ns["r"], self.config, self.log, CTL_PORT, ro_sysctl)
 
     def ctl(self, body: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = ["ip", "netns", "exec", self.ns["r"], sys.executable, "-m", "ccdrill.standins.ctl",
-               str(CTL_PORT)]
-        if body is not None:
-            cmd.append(json.dumps(body))
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20,
-                           env={**os.environ, "PYTHONPATH": str(SRC)})
-        if check and p.returncode != 0:
-            raise AssertionError(f"ctl {body}: {p.stderr}")
-        return p
+        return wan_ctl(self.ns["r"], CTL_PORT, body, check)
 
     def stats(self) -> dict:
         return json.loads(self.ctl().stdout)
 
     def teardown(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-        for name in reversed(self.created):
-            sh("ip", "netns", "del", name, check=False)
+        self.nss.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -511,9 +420,7 @@ def test_e2e_missing_site_device_exits_1(lab, tmp_path):
         "name": "wan2", "ctl_port": CTL_PORT + 1, "wait_dev_s": 0.5,
         "sites": {"sh": {"subnet": "10.231.77.0/24"}, "sz": {"subnet": "10.231.2.0/24"}},
     }))
-    p = subprocess.run(["ip", "netns", "exec", lab.ns["r"], sys.executable, "-m", "ccdrill.standins.wan",
-                        "--config", str(cfg)], capture_output=True, text=True, timeout=30,
-                       env={**os.environ, "PYTHONPATH": str(SRC)})
+    p = subprocess.run(wan_cmd(lab.ns["r"], cfg), capture_output=True, text=True, timeout=30, env=wan_env())
     assert p.returncode == 1, p.stderr
     assert "10.231.77.0/24" in p.stderr
     assert len(ping(lab.ns["sh"], SZ_HOST, count=1)) == 1
@@ -525,15 +432,13 @@ def test_e2e_forwarding_off_and_unsettable_exits_1(lab, tmp_path):
     x = lab.add_ns("x")
     sh("ip", "-n", x, "link", "add", "va", "type", "veth", "peer", "name", "vb")
     for dev, cidr in (("va", "10.231.1.1/24"), ("vb", "10.231.2.1/24")):
-        sh("ip", "-n", x, "addr", "add", cidr, "dev", dev)
-        sh("ip", "-n", x, "link", "set", dev, "up")
+        addr(x, dev, cidr)
     sh("ip", "netns", "exec", x, "sysctl", "-qw", "net.ipv4.ip_forward=0")
     cfg = tmp_path / "wan-nofwd.json"
     cfg.write_text(json.dumps({
         "name": "wan3", "ctl_port": CTL_PORT, "wait_dev_s": 1,
         "sites": {"sh": {"subnet": "10.231.1.0/24"}, "sz": {"subnet": "10.231.2.0/24"}},
     }))
-    p = subprocess.run(wan_cmd(x, cfg, ro_sysctl=True), capture_output=True, text=True, timeout=30,
-                       env={**os.environ, "PYTHONPATH": str(SRC)})
+    p = subprocess.run(wan_cmd(x, cfg, ro_sysctl=True), capture_output=True, text=True, timeout=30, env=wan_env())
     assert p.returncode == 1, p.stderr
     assert "ip_forward" in p.stderr and "--sysctl net.ipv4.ip_forward=1" in p.stderr
