@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.unit.test_cti_ivr_kcbp import PASSWORD, free_port, procs, wait_for  # noqa: F401  (fixture)
 
 from ccdrill.standins.common import ConfigError
 from ccdrill.standins.dds import Dds, subscription_name
-from tests.unit.test_cti_ivr_kcbp import PASSWORD, free_port, procs, wait_for  # noqa: F401  (fixture)
 
 SCHEMA = ("CREATE TABLE fund_account (account text PRIMARY KEY, balance numeric(14,2) NOT NULL);"
           "CREATE TABLE work_order (id text PRIMARY KEY, agent text NOT NULL, note text NOT NULL, site text NOT NULL)")
