@@ -89,3 +89,19 @@ def test_bad_orders_and_a_dead_database_are_refused_not_acknowledged(app):
     status, login = http(app["port"], "/login")
     assert status == 503 and not login["ok"]
     assert rows(app["pg"], "ccdrill1") == []
+
+
+def test_downtime_is_the_longest_stretch_without_an_acknowledged_write():
+    from ccdrill.checks.data import downtime
+    from ccdrill.load.writes import WriteHistory
+
+    def rec(i, t, outcome, app="sh-app"):
+        return {"i": i, "id": f"w-{i:06d}", "t0": t - 0.01, "t1": t, "outcome": outcome, "app": app, "db": "x"}
+
+    hist = WriteHistory("w", [rec(1, 10.0, "ok"), rec(2, 10.1, "ok"), rec(3, 10.2, "fail"), rec(4, 11.0, "unknown"),
+                              rec(5, 14.6, "ok", "sz-app"), rec(6, 14.7, "ok", "sz-app")])
+    dt = downtime(hist)
+    assert dt["seconds"] == 4.5 and dt["acked_before"] == 2 and dt["acked_after"] == 2
+    assert dt["failed_attempts_in_gap"] == 2 and dt["from_first_failure_s"] == 4.41
+    assert dt["first_after"]["app"] == "sz-app"
+    assert hist.summary() == {"attempted": 6, "ok": 4, "fail": 1, "unknown": 1}
