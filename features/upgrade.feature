@@ -56,6 +56,20 @@ Feature: The upgrade weekend, step by step (plan 2.1)
     When the operators run the saturday_am step again
     Then nothing changes
 
+  @UPG-5
+  Scenario: Saturday afternoon: database and application server switched to the Shenzhen test environment
+    Plan 2.1, Saturday afternoon: "switch database and application server to the Shenzhen test
+    environment, to test and validate the later migration; run basic inbound, outbound and
+    agent-answer tests; monitor every service."
+    When the operators run the saturday_pm step
+    Then the runbook ledger records saturday_pm
+    And the Shenzhen test of saturday_pm recorded basic calls whose IVR query read sz-db through KCBP
+    And the Shenzhen test of saturday_pm recorded an agent's login and work order on the Shenzhen application server over sz-db
+    And the Shenzhen test of saturday_pm recorded every service monitored and no failed calls
+    And the IPCs' DB-connection config names sh-db again, the replaced one kept as /var/backups/ccdrill/dbconn.ini.before-saturday_pm
+    When the operators run the saturday_pm step again
+    Then nothing changes
+
   @UPG-6
   Scenario: Sunday morning: line and software faults drilled on primary and secondary, basic calls after each
     Plan 2.1, Sunday morning: "disaster drill: simulate line faults and software faults on primary

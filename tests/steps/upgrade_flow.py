@@ -13,6 +13,7 @@ STEP_PLAYBOOKS = {
     "announcement": "upgrade/02_announcement.yml",
     "friday": "upgrade/03_friday.yml",
     "saturday_am": "upgrade/04_saturday_am.yml",
+    "saturday_pm": "upgrade/05_saturday_pm.yml",
     "sunday_drill": "upgrade/06_sunday_drill.yml",
     "monday": "upgrade/07_monday.yml",
 }
