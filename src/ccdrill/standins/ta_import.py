@@ -230,9 +230,9 @@ class Job:
             err.seek(0)
             msg = err.read().decode("utf-8", "replace").strip()
         if rc != 0:
-            last = [m for m in msg.splitlines() if m.strip()][-2:]
+            said = " ".join(m.strip() for m in msg.splitlines() if m.strip())[-600:]
             raise ImportError_(f"batch {batch}: database {db['host']}/{db['dbname']} refused the load, nothing "
-                               f"of the batch was written: {' '.join(last) or f'psql exit {rc}'}")
+                               f"of the batch was written: {said or f'psql exit {rc}'}")
 
     # -- a run
     def run(self, only: str | None = None) -> dict:

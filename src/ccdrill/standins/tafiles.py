@@ -169,7 +169,9 @@ def generate(root: str, batch: str, files: int, total_bytes: int, seed: str = "c
                 else:
                     parts[11] = parts[11][:-1] + ("A" if parts[11][-1:] != "A" else "B")
                 lines[idx] = "|".join(parts) + "\n"
-                out["corrupt"] = {"file": name, "line": corrupt[1], "kind": corrupt[2]}
+                # A valid-looking record with the wrong content is only caught by the trailer's checksum.
+                out["corrupt"] = {"file": name, "line": corrupt[1] if corrupt[2] == "field" else count + 2,
+                                  "record": corrupt[1], "kind": corrupt[2]}
         body = "".join(lines).encode()
         data = header.encode() + body + f"T|{trailer_count:010d}|{digest}\n".encode()
         with open(os.path.join(tmp, name), "wb") as fh:
