@@ -150,6 +150,7 @@ def agents_go_on(ctx, writer_box, seconds):
     writer_box["history"] = hist = writer_box["writer"].stop()
     ctx["history"] = hist
     _measure(ctx, "writes", hist.summary())
+    _measure(ctx, "write_gap", checks.downtime(hist))
     assert hist.error is None, hist.error
 
 
