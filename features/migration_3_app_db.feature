@@ -74,7 +74,7 @@ Feature: Application server and database: the migration test, the migration, DR 
   Scenario: The Shanghai application server restarted serves; agents reach either site through its own entry
     Plan 3.5: "the current (Shanghai) environment is kept; in an emergency it is restarted and serves
     again; agents choose the Shenzhen or the Shanghai environment by using a different login entry."
-    Given the data tier's steady state holds: sz-db primary, DDS keeps sh-db equal, basic calls pass
+    Given the data tier's steady state holds: sz-db primary, DDS keeps sh-db equal, the Shenzhen application server alone serves
     When the nemesis stops the Shenzhen application server
     And the operators run dr/app_server_shanghai.yml
     Then an agent logs in through the Shanghai login entry and records a work order that lands on sz-db

@@ -227,6 +227,7 @@ class DataRollback:
         self.playbook: str | None = None
         self.done = False
         self.report: dict = {}
+        self.calls = True
 
     def run(self) -> dict:
         if self.done:
@@ -246,7 +247,7 @@ class DataRollback:
             if run.rc != 0:
                 problems.append(f"{self.playbook} failed:\n{run.output[-3000:]}")
         try:
-            self.report["steady_state"] = checks.steady_state(self.cc)
+            self.report["steady_state"] = checks.steady_state(self.cc, calls=self.calls)
         except AssertionError as exc:
             problems.append(str(exc))
         self.timeline.event("rollback", ok=not problems, problems=problems, **self.report)
@@ -266,9 +267,11 @@ def data_rollback(request, callcenter, timeline, ctx):
     return rb
 
 
-@given("the data tier's steady state holds: sz-db primary, DDS keeps sh-db equal, basic calls pass")
-def data_steady(callcenter, ctx):
-    _measure(ctx, "steady_state_before", checks.steady_state(callcenter))
+@given(parsers.re(r"the data tier's steady state holds: sz-db primary, DDS keeps sh-db equal, (?P<what>basic calls "
+                  r"pass|the Shenzhen application server alone serves)"))
+def data_steady(callcenter, ctx, data_rollback, what):
+    data_rollback.calls = what.startswith("basic")
+    _measure(ctx, "steady_state_before", checks.steady_state(callcenter, calls=data_rollback.calls))
 
 
 @when(parsers.re(r"the nemesis stops the (?P<what>database server on sz-db|Shenzhen application server)"))

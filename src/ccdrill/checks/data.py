@@ -63,16 +63,19 @@ def replication_probe(lab: Lab, src: str, dst: str, timeout: float = 15.0) -> di
     return {"id": oid, "arrived": False, "seconds": timeout}
 
 
-def steady_state(cc: CallCenter, primary: str = "sz-db", replica: str = "sh-db") -> dict:
-    """The data tier as the migration left it; AssertionError naming what is off."""
+def steady_state(cc: CallCenter, primary: str = "sz-db", replica: str = "sh-db", calls: bool = True) -> dict:
+    """The data tier as the migration left it (and, with `calls`, the basic call tests on the primary);
+    AssertionError naming what is off."""
     lab = cc.lab
     dds = labdata.dds_stats(lab, replica)
     sync = labdata.wait_in_sync(lab, primary, replica)
     ipcs = {ipc: read_dbconn(lab, ipc)["host"] for ipc in lab.inv.hosts_of("ipc")}
-    basic = basic_calls(cc)
+    basic = basic_calls(cc) if calls else None
+    running = {app: labdata.app_login_db(lab, app) for app in lab.inv.hosts_of("app_server")
+               if "RUNNING" in lab.exec(app, ["supervisorctl", "status", "appserver"], 15)[1]}
     report = {"dds": {k: dds.get(k) for k in ("state", "source", "destination", "lag_bytes")},
-              "in_sync": sync["in_sync"], "rows": sync[primary], "ipc_db": ipcs,
-              "basic_calls": {k: basic[k] for k in ("ok", "problems", "ivr_db")}}
+              "in_sync": sync["in_sync"], "rows": sync[primary], "ipc_db": ipcs, "app_servers": running,
+              "basic_calls": {k: basic[k] for k in ("ok", "problems", "ivr_db")} if basic else None}
     problems = []
     if (dds.get("source"), dds.get("destination"), dds.get("state")) != (primary, replica, "running"):
         problems.append(f"DDS is {dds.get('state')} from {dds.get('source')} to {dds.get('destination')}")
@@ -80,7 +83,9 @@ def steady_state(cc: CallCenter, primary: str = "sz-db", replica: str = "sh-db")
         problems.append(f"{primary} and {replica} differ: {json.dumps(sync)[:500]}")
     if set(ipcs.values()) != {primary}:
         problems.append(f"the IPCs' DB-connection configs name {ipcs}")
-    if not basic["ok"] or basic["ivr_db"] != primary:
+    if running != {"sz-app": primary}:
+        problems.append(f"application servers running (and their database): {running}, expected sz-app only")
+    if basic is not None and (not basic["ok"] or basic["ivr_db"] != primary):
         problems.append(f"basic calls: {basic['problems']} (IVR read {basic['ivr_db']})")
     assert not problems, "data tier steady state: " + "; ".join(problems)
     return report

@@ -51,6 +51,11 @@ def app_stats(lab: Lab, host: str) -> dict:
     return _http(lab, host, f"http://127.0.0.1:{APP_PORT}{APP_STATS}")
 
 
+def app_login_db(lab: Lab, app_host: str) -> str | None:
+    """The database an application server uses now (a login on the server itself reads it)."""
+    return _http(lab, app_host, f"http://127.0.0.1:{APP_PORT}/login").get("db")
+
+
 def login(lab: Lab, from_host: str, entry: str) -> dict:
     """An agent on `from_host` logs in through a login entry (a name the lab's DNS serves)."""
     return _http(lab, from_host, f"http://{entry}:{APP_PORT}/login")
