@@ -277,7 +277,7 @@ def data_steady(callcenter, ctx, data_rollback, what):
 @when(parsers.re(r"the nemesis stops the (?P<what>database server on sz-db|Shenzhen application server)"))
 def nemesis_stops(callcenter, ctx, data_rollback, timeline, what):
     host, program, failback = (("sz-db", "postgresql", "dr/db_failback.yml") if what.startswith("database")
-                               else ("sz-app", "appserver", "data_tier.yml"))
+                               else ("sz-app", "appserver", "dr/app_server_failback.yml"))
     data_rollback.playbook = failback
     fault = data_faults.program_down(callcenter.lab, host, program, timeline)
     data_rollback.faults.append(fault)
