@@ -248,6 +248,7 @@ def across_the_wan(callcenter, ctx):
                                  "fetch_MBps": stats["fetch_MBps"], "load_MBps": stats["load_MBps"],
                                  "MBps": stats["MBps"]})
     assert job_site != files_site, f"the job on {stats['host']} read files on its own site ({files_site})"
+    assert job_site != db_site, f"the job on {stats['host']} wrote a database on its own site ({db_site})"
     assert stats["bytes"] == ctx["expected"]["bytes"], (stats["bytes"], ctx["expected"]["bytes"])
     for key in ("fetch_MBps", "load_MBps", "MBps", "seconds", "fetch_s", "load_s"):
         assert stats[key] > 0, f"{key} not measured: {stats}"
