@@ -7,15 +7,18 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CCDRILL_ROOT := $(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: drill test setup venv engine images lint unit features molecule rehearsal bench clean
+.PHONY: drill test setup venv engine images lint unit features migration molecule rehearsal bench clean
 
 ## make drill: bring up the two-site lab, run the plan's rehearsal, write the report under reports/.
 drill: setup
 	$(VENV)/bin/ccdrill drill
 
-## make test: lint, unit tests, features against a lab, molecule scenarios (the tox environments).
+## make test: lint and unit tests, then the three labs side by side (the tox environments): the IPC
+## upgrade scenarios, the migration scenarios and the molecule lab rehearsal, each on its own subnets.
 test: setup
-	$(VENV)/bin/tox run -e lint,unit,features,molecule
+	@rc=0; $(VENV)/bin/tox run -e lint,unit || rc=$$?; \
+	$(VENV)/bin/tox run-parallel -p all --parallel-no-spinner -e features,migration,molecule || rc=$$?; \
+	exit $$rc
 
 setup: venv engine images
 
@@ -35,7 +38,7 @@ engine: venv
 images: engine
 	$(VENV)/bin/ccdrill images
 
-lint unit features molecule rehearsal: setup
+lint unit features migration molecule rehearsal: setup
 	$(VENV)/bin/tox run -e $@
 
 bench: setup

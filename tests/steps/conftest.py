@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pytest_bdd.scenario import scenario_wrapper_template_registry
 
 from ccdrill.cli import run_playbook
 from ccdrill.evidence.timeline import Timeline
@@ -105,9 +106,15 @@ PHASES = {"baseline": 0, "upgrade": 1, "target": 2, "migration": 4, "post_migrat
 
 def pytest_collection_modifyitems(config, items):
     def phase(item):
-        return min([PHASES[m.name] for m in item.iter_markers() if m.name in PHASES] or [3])
+        # The latest phase a scenario is tagged with (a DR scenario in a batch's file runs after every batch).
+        return max([PHASES[m.name] for m in item.iter_markers() if m.name in PHASES] or [3])
 
-    items.sort(key=phase)
+    def feature_file(item) -> str:
+        sc = scenario_wrapper_template_registry.get(getattr(item, "function", None))
+        return os.path.basename(sc.feature.filename) if sc is not None else ""
+
+    # Within the migration phases the batches follow their files' numbers (migration_<n>_*.feature).
+    items.sort(key=lambda i: (phase(i), feature_file(i) if phase(i) >= PHASES["migration"] else ""))
     # CI (CCDRILL_SUITE=ci) runs one example of each fault outline; the drill runs every example.
     if os.environ.get("CCDRILL_SUITE") == "ci":
         skipped = [i for i in items if i.get_closest_marker("full")]
