@@ -71,14 +71,14 @@ def operators_run_batch(callcenter, ctx, timeline, batch, again):
 def data_tier_untouched(callcenter, ctx, db, src, dst):
     lab = callcenter.lab
     ipcs = _ipc_db_hosts(callcenter)
-    app = labdata.app_stats(lab, "sh-app")
     login = labdata.login(lab, _agent_host(callcenter), LOGIN["Shanghai"])
+    app_db = labdata.app_login_db(lab, "sh-app")
     dds = labdata.dds_stats(lab, dst)
     _measure(ctx, "data_tier", {"ipc_db": ipcs, "sh_app_login": login, "dds": {k: dds.get(k) for k in
                                                                                 ("state", "source", "destination")}})
     assert set(ipcs.values()) == {db}, f"the IPCs' DB-connection configs name {ipcs}, expected {db}"
     assert login.get("ok") and login.get("db") == db, f"an agent's login through login-sh: {login}"
-    assert app.get("db") == db, f"the Shanghai application server uses {app.get('db')}"
+    assert app_db == db, f"the Shanghai application server uses {app_db}"
     assert (dds.get("source"), dds.get("destination"), dds.get("state")) == (src, dst, "running"), dds
 
 
