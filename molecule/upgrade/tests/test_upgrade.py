@@ -6,7 +6,7 @@ import json
 from tests.infra.lab import host, inventory
 
 INV = inventory()
-STEPS = ["approval", "announcement", "friday", "board_move", "saturday_am", "sunday_drill", "monday"]
+STEPS = ["approval", "announcement", "friday", "board_move", "saturday_am", "saturday_pm", "sunday_drill", "monday"]
 
 
 def ledger() -> dict:
