@@ -210,7 +210,7 @@ def ipc_dbconn_switched(callcenter, ctx, db):
     assert all(b and "host = sh-db" in b for b in backups.values()), f"backups of dbconn.ini: {backups}"
 
 
-@then(parsers.parse("the basic call tests recorded by {step} passed"))
+@then(parsers.re(r"the basic call tests recorded by (?P<step>[a-z][a-z_]*) passed"))
 def basic_recorded(callcenter, ctx, step):
     basic = read_ledger(callcenter.lab)["steps"][step]["detail"]["basic_calls"]
     _measure(ctx, "basic_calls", basic)
@@ -284,7 +284,7 @@ def nemesis_stops(callcenter, ctx, data_rollback, timeline, what):
     _measure(ctx, "fault", fault.as_dict())
 
 
-@when(parsers.re(r"the operators run (?P<playbook>dr/\w+\.yml)"))
+@when(parsers.re(r"the operators run (?P<playbook>dr/(?:db_to_shanghai|app_server_shanghai)\.yml)"))
 def operators_run_dr(callcenter, ctx, timeline, playbook):
     run = _play(callcenter, timeline, playbook, ctx)
     _measure(ctx, playbook, {"rc": run.rc, "changed": run.changed, "seconds": run.seconds})

@@ -25,11 +25,11 @@ def _seats(callcenter):
 
 # --- Given --------------------------------------------------------------------------------------------
 @given(parsers.parse("the call center in its {layout} layout"))
-def call_center_in_layout(callcenter, ctx, layout):
-    if layout == "target":  # this step text also matches the target Given: get there through the plan
+def call_center_in_layout(callcenter, ctx, timeline, layout):
+    if layout == "target":  # a fresh lab gets there through the plan's own steps, recorded in the timeline
         from .upgrade_flow import ensure_target
 
-        ensure_target(callcenter)
+        ensure_target(callcenter, timeline)
         callcenter.refresh()
     assert callcenter.layout_name == layout, f"the lab runs the {callcenter.layout_name} layout, not {layout}"
     callcenter.wait_controlled()

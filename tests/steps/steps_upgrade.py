@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pytest_bdd import given, parsers, then, when
+from pytest_bdd import parsers, then, when
 
 from ccdrill.checks.monitor import service_states
 from ccdrill.lab import pbx
@@ -109,16 +109,6 @@ def basic_calls_recorded(callcenter, ctx):
     basic = read_ledger(callcenter.lab)["steps"]["saturday_am"]["detail"]["basic_calls"]
     _measure(ctx, "basic_calls", basic)
     assert basic.get("ok") is True, json.dumps(basic)
-
-
-@given(parsers.parse("the call center in its target layout"))
-def call_center_in_target(callcenter, ctx, timeline):
-    from .upgrade_flow import ensure_target
-
-    ensure_target(callcenter, timeline)
-    from .steps_telephony import call_center_in_layout
-
-    call_center_in_layout(callcenter, ctx, "target")
 
 
 @then(parsers.parse("board {b1} held at most {n1:d} channels and board {b2} at most {n2:d}"))
