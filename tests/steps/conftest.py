@@ -33,7 +33,9 @@ INVENTORY = Path(os.environ.get("CCDRILL_INVENTORY") or ROOT / "inventory" / "la
 @pytest.fixture(scope="session")
 def timeline():
     reports = Path(os.environ.get("CCDRILL_REPORTS", ROOT / "reports"))
-    tl = Timeline(reports / f"timeline-{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
+    # One file per lab and run: labs that run side by side (make test) never share a timeline.
+    lab = os.environ.get("CCDRILL_LAB", "features")
+    tl = Timeline(reports / f"timeline-{lab}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl")
     yield tl
     tl.close()
 
