@@ -22,11 +22,9 @@ from ccdrill.checks import parity
 from ccdrill.checks.capacity import CheckFailed
 from ccdrill.lab.callcenter import CallCenter
 
+from .common import measure as _measure
+
 FAILBACK = "dr7_failback.yml"
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 def _host(cc: CallCenter, side: str) -> str:

@@ -13,7 +13,6 @@ import time
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from ccdrill import cli
 from ccdrill.checks import data as checks
 from ccdrill.checks.basic import basic_calls
 from ccdrill.faults import data as data_faults
@@ -22,15 +21,14 @@ from ccdrill.lab.database import read_dbconn
 from ccdrill.lab.runbook import read_ledger
 from ccdrill.load.writes import Writer
 
+from .common import measure as _measure
+from .common import play as _play
+
 BATCHES = {"app and database migration test": "migration/03_app_db_test.yml",
            "final app and database migration": "migration/04_app_db_migration.yml"}
 EARLIER = ("mig_webchat", "mig_ta_import")
 EIGHT_STEPS = [f"Step {n} -" for n in range(1, 9)]
 LOGIN = {"Shanghai": "login-sh", "Shenzhen": "login-sz"}
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 def _agent_host(cc) -> str:
@@ -39,15 +37,6 @@ def _agent_host(cc) -> str:
 
 def _ipc_db_hosts(cc) -> dict[str, str]:
     return {ipc: read_dbconn(cc.lab, ipc)["host"] for ipc in cc.lab.inv.hosts_of("ipc")}
-
-
-def _play(cc, timeline, playbook: str, ctx: dict | None = None):
-    run = cli.play(playbook, cc.lab.name)
-    cc.refresh()
-    timeline.event("playbook", name=playbook, rc=run.rc, changed=run.changed, seconds=run.seconds)
-    if ctx is not None:
-        ctx["run"] = run
-    return run
 
 
 @given("the ledger records the migration batches before the application server and database")
@@ -61,7 +50,7 @@ def earlier_batches(callcenter):
 @when(parsers.re(r"the operators run the (?P<batch>app and database migration test|final app and database "
                  r"migration)(?P<again> again)?"))
 def operators_run_batch(callcenter, ctx, timeline, batch, again):
-    run = _play(callcenter, timeline, BATCHES[batch], ctx)
+    run = _play(callcenter, timeline, BATCHES[batch], ctx=ctx)
     _measure(ctx, f"{batch}{' again' if again else ''}", {"rc": run.rc, "changed": run.changed,
                                                          "seconds": run.seconds})
 
@@ -286,7 +275,7 @@ def nemesis_stops(callcenter, ctx, data_rollback, timeline, what):
 
 @when(parsers.re(r"the operators run (?P<playbook>dr/(?:db_to_shanghai|app_server_shanghai)\.yml)"))
 def operators_run_dr(callcenter, ctx, timeline, playbook):
-    run = _play(callcenter, timeline, playbook, ctx)
+    run = _play(callcenter, timeline, playbook, ctx=ctx)
     _measure(ctx, playbook, {"rc": run.rc, "changed": run.changed, "seconds": run.seconds})
     assert run.rc == 0, f"{playbook} failed:\n{run.output[-4000:]}"
 

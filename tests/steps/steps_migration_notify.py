@@ -16,19 +16,17 @@ import pytest
 import yaml
 from pytest_bdd import given, parsers, then, when
 
-from ccdrill import cli
 from ccdrill.checks import notify as nt
-from ccdrill.checks.capacity import CheckFailed
 from ccdrill.faults import services
 from ccdrill.lab.runbook import read_ledger
+
+from .common import ServiceRollback
+from .common import measure as _measure
+from .common import play as _play
 
 BATCH = "migration/05_notify.yml"
 PROGRAM = ["/opt/ccdrill/ccdrill/standins/notifier.py", "/opt/ccdrill/ccdrill/standins/smsgw.py",
            "/opt/ccdrill/ccdrill/standins/common.py", "/etc/supervisor/conf.d/notifier.conf"]
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 def _cfg() -> dict:
@@ -45,12 +43,6 @@ def _app(cc, site: str) -> str:
     hosts = [h for h in cc.lab.inv.hosts_of("app_server") if h.startswith(f"{site}-")]
     assert hosts, f"no application server in {site}"
     return hosts[0]
-
-
-def _play(cc, timeline, playbook: str, extra: list[str] | None = None):
-    run = cli.play(playbook, cc.lab.name, extra)
-    timeline.event("playbook", name=playbook, rc=run.rc, changed=run.changed, seconds=run.seconds)
-    return run
 
 
 def _send_and_count(cc, ctx, app: str, sms: int, emails: int, tag: str, mail_host: str) -> dict:
@@ -182,43 +174,11 @@ def batch_test_recorded(callcenter, ctx):
 
 
 # --- POST-NT ------------------------------------------------------------------------------------------
-class NotifyRollback:
-    """Undo the nemesis, fail back with playbooks/notify.yml on the application servers, steady state."""
-
-    def __init__(self, cc, timeline, ctx):
-        self.cc, self.timeline, self.ctx = cc, timeline, ctx
-        self.faults = []
-        self.done = False
-
-    def run(self) -> dict:
-        if self.done:
-            return {}
-        self.done = True
-        problems, report = [], {}
-        for fault in reversed(self.faults):
-            try:
-                report[f"undo {fault.target}"] = services.undo_service_stop(self.cc.lab, fault, self.timeline)
-            except Exception as exc:  # noqa: BLE001 (the rollback goes on; reported below)
-                problems.append(f"undo of {fault.kind} {fault.target}: {exc}")
-        run = _play(self.cc, self.timeline, "notify.yml", ["--limit", "app_server"])
-        report["failback"] = {"rc": run.rc, "changed": run.changed, "seconds": run.seconds}
-        if run.rc != 0:
-            problems.append(f"playbooks/notify.yml failed:\n{run.output[-3000:]}")
-        else:
-            try:
-                report["steady_state"] = _steady_state(self.cc, self.ctx)
-            except AssertionError as exc:
-                problems.append(f"steady state: {exc}")
-        self.timeline.event("rollback", ok=not problems, problems=problems, **report)
-        _measure(self.ctx, "rollback", report)
-        if problems:
-            raise CheckFailed("rollback: " + "; ".join(problems))
-        return report
-
-
 @pytest.fixture
-def notify_rollback(request, callcenter, timeline, ctx) -> NotifyRollback:
-    rb = NotifyRollback(callcenter, timeline, ctx)
+def notify_rollback(request, callcenter, timeline, ctx) -> ServiceRollback:
+    """Undo the nemesis, fail back with playbooks/notify.yml on the application servers, steady state."""
+    rb = ServiceRollback(callcenter, timeline, ctx, "notify.yml", "app_server",
+                         lambda: _steady_state(callcenter, ctx))
     request.addfinalizer(lambda: rb.faults and rb.run())
     return rb
 

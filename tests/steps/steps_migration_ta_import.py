@@ -18,7 +18,6 @@ import time
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from ccdrill import cli
 from ccdrill.checks import ta
 from ccdrill.checks.basic import basic_calls
 from ccdrill.checks.capacity import CheckFailed
@@ -27,14 +26,13 @@ from ccdrill.lab.database import read_dbconn
 from ccdrill.lab.runbook import read_ledger
 from ccdrill.load import ta_files
 
+from .common import measure as _measure
+from .common import play as _play
+
 BATCH = "migration/02_ta_import.yml"
 DR_PLAYBOOK = "dr/ta_import_shanghai.yml"
 MB = 1_000_000
 MAX_CALL_ROUNDS = 4  # basic call tests during one import, at most
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 def _v(cc, key: str):
@@ -43,12 +41,6 @@ def _v(cc, key: str):
 
 def _files_host(cc) -> str:
     return cc.lab.inv.hosts_of("ta_files")[0]
-
-
-def _play(cc, timeline, playbook: str):
-    run = cli.play(playbook, cc.lab.name)
-    timeline.event("playbook", name=playbook, rc=run.rc, changed=run.changed, seconds=run.seconds)
-    return run
 
 
 class TaBatches:

@@ -15,17 +15,15 @@ import time
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from ccdrill import cli
 from ccdrill.checks import webchat as wc
-from ccdrill.checks.capacity import CheckFailed
 from ccdrill.faults import services
 from ccdrill.lab.runbook import read_ledger
 
+from .common import ServiceRollback
+from .common import measure as _measure
+from .common import play as _play
+
 BATCH = "migration/01_webchat.yml"
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 def _sites(cc) -> dict:
@@ -45,12 +43,6 @@ def _website(cc) -> str:
 
 def _customer_host(cc) -> str:
     return cc.carrier_host
-
-
-def _play(cc, timeline, playbook: str, extra: list[str] | None = None):
-    run = cli.play(playbook, cc.lab.name, extra)
-    timeline.event("playbook", name=playbook, rc=run.rc, changed=run.changed, seconds=run.seconds)
-    return run
 
 
 def _entry(cc) -> str:
@@ -222,45 +214,12 @@ def served_by_shenzhen(callcenter, ctx):
 
 
 # --- POST-CS: steady state, fault, response, hypothesis, rollback ------------------------------------
-class WebchatRollback:
-    """Undo the nemesis, fail back with playbooks/webchat.yml, check the steady state again. Runs once."""
-
-    def __init__(self, cc, timeline, ctx):
-        self.cc, self.timeline, self.ctx = cc, timeline, ctx
-        self.faults = []
-        self.done = False
-
-    def run(self) -> dict:
-        if self.done:
-            return {}
-        self.done = True
-        problems, report = [], {}
-        for fault in reversed(self.faults):
-            try:
-                report[f"undo {fault.target}"] = services.undo_service_stop(self.cc.lab, fault, self.timeline)
-            except Exception as exc:  # noqa: BLE001 (the rollback goes on; reported below)
-                problems.append(f"undo of {fault.kind} {fault.target}: {exc}")
-        # The failback: the website's entry follows the ledger again (the new domain). Only the website's
-        # plays of webchat.yml: the servers themselves were not changed by the response.
-        run = _play(self.cc, self.timeline, "webchat.yml", ["--limit", "website"])
-        report["failback"] = {"rc": run.rc, "changed": run.changed, "seconds": run.seconds}
-        if run.rc != 0:
-            problems.append(f"playbooks/webchat.yml failed:\n{run.output[-3000:]}")
-        else:
-            try:
-                report["steady_state"] = _steady_state(self.cc)
-            except AssertionError as exc:
-                problems.append(f"steady state: {exc}")
-        self.timeline.event("rollback", ok=not problems, problems=problems, **report)
-        _measure(self.ctx, "rollback", report)
-        if problems:
-            raise CheckFailed("rollback: " + "; ".join(problems))
-        return report
-
-
 @pytest.fixture
-def webchat_rollback(request, callcenter, timeline, ctx) -> WebchatRollback:
-    rb = WebchatRollback(callcenter, timeline, ctx)
+def webchat_rollback(request, callcenter, timeline, ctx) -> ServiceRollback:
+    """Undo the nemesis, fail back, check the steady state again. The failback: the website's entry follows
+    the ledger again (the new domain); only the website's plays of webchat.yml, the servers themselves were
+    not changed by the response."""
+    rb = ServiceRollback(callcenter, timeline, ctx, "webchat.yml", "website", lambda: _steady_state(callcenter))
     request.addfinalizer(lambda: rb.faults and rb.run())
     return rb
 

@@ -12,11 +12,9 @@ from ccdrill.lab.hardware import running_boards
 from ccdrill.load.calls import SEATS_STAT, CallSpec, hold_calls, hold_groups, outbound_campaign
 from ccdrill.load.sipp import read_stat_file, uas_delta, wait_stat_file
 
+from .common import measure as _measure
+
 KINDS = {"IVR": "ivr", "agent": "agent", "fax": "fax"}
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 def _seats(callcenter):

@@ -10,11 +10,8 @@ from ccdrill.checks.monitor import service_states
 from ccdrill.lab import pbx
 from ccdrill.lab.runbook import read_ledger
 
+from .common import measure as _measure
 from .upgrade_flow import APPROVALS, run_step
-
-
-def _measure(ctx: dict, key: str, value) -> None:
-    ctx.setdefault("measured", {})[key] = value
 
 
 @when(parsers.re(r"the operators run the (?P<step>\w+) step(?P<again> again)?"))

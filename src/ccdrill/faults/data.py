@@ -10,15 +10,13 @@ from __future__ import annotations
 import time
 
 from ..lab.world import Lab
-from . import Fault, FaultError, _record
+from . import Fault, FaultError, _record, _status
 
 __all__ = ["program_down", "program_up"]
 
 
 def _state(lab: Lab, host: str, program: str) -> str:
-    _rc, out, _err = lab.exec(host, ["supervisorctl", "status", program], 15)
-    parts = out.split()
-    return parts[1] if len(parts) > 1 else out.strip() or "UNKNOWN"
+    return _status(lab, host, program) or "UNKNOWN"
 
 
 def program_down(lab: Lab, host: str, program: str, timeline=None) -> Fault:

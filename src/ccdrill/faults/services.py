@@ -13,14 +13,9 @@ import time
 
 from ..lab.world import Lab
 from . import Fault, FaultError, _record
+from . import _status as _state
 
 __all__ = ["service_stop", "undo_service_stop"]
-
-
-def _state(lab: Lab, host: str, program: str) -> str:
-    _rc, out, _err = lab.exec(host, ["supervisorctl", "status", program], 15)
-    parts = out.split()
-    return parts[1] if len(parts) > 1 else out.strip()
 
 
 def service_stop(lab: Lab, host: str, program: str, timeline=None) -> Fault:
