@@ -21,13 +21,11 @@ Stdlib only; SQL through Debian's ``psql``, values as psql variables.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
 import time
 
-from .common import ConfigError, Service, parse_hostport, run_service, validate_config
+from .common import ConfigError, Service, parse_hostport, run_psql, run_service, validate_config
 from .kcbp import DbConnError, conninfo, read_dbconn
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -67,29 +65,15 @@ class AppServer(Service):
     async def _psql(self, sql: str, **params: str) -> tuple[str, list[list[str]]]:
         db = read_dbconn(self.dbconn)  # re-read each time: a switched INI applies at once
         self.db_in_use = db["host"]
-        env = dict(os.environ, PGPASSWORD=db["password"])
-        env.pop("PGSERVICE", None)
-        args = [self.psql, "-X", "-A", "-t", "-q", "-F", "|", "-w", "-v", "ON_ERROR_STOP=1"]
-        for k, v in params.items():
-            args += ["-v", f"{k}={v}"]
-        args.append(conninfo(db, 2))
         async with self._limit:
-            proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env)
             try:
-                out, err = await asyncio.wait_for(proc.communicate(sql.encode()), self.timeout)
+                rc, lines, last = await run_psql(self.psql, conninfo(db, 2), db["password"], sql, params,
+                                                 self.timeout)
             except TimeoutError:
                 raise RuntimeError(f"{db['host']}: psql timed out after {self.timeout:g} s") from None
-            finally:
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await asyncio.shield(proc.wait())
-        if proc.returncode != 0:
-            lines = err.decode("utf-8", "replace").strip().splitlines()
-            raise RuntimeError(f"{db['host']}: {lines[-1] if lines else f'psql exit {proc.returncode}'}")
-        return db["host"], [ln.split("|") for ln in out.decode("utf-8", "replace").splitlines() if ln]
+        if rc != 0:
+            raise RuntimeError(f"{db['host']}: {last or f'psql exit {rc}'}")
+        return db["host"], [ln.split("|") for ln in lines if ln]
 
     def _failed(self, key: str, e: Exception) -> dict:
         self.counts[key] += 1

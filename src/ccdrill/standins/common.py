@@ -510,3 +510,28 @@ class KcxpClient:
                 continue
             self.received += 1
             self._deliver(env)
+
+
+async def run_psql(psql: str, conn: str, password: str, sql: str, params: dict[str, str],
+                   timeout: float) -> tuple[int, list[str], str]:
+    """Run `sql` with psql (unaligned, '|'-separated, tuples only, stop on the first error), fed on stdin
+    so that psql quotes the `params` itself (:'name'). Returns (exit code, output lines, last error line);
+    TimeoutError after `timeout` s. The psql process never outlives the call (killed on timeout/cancel)."""
+    env = dict(os.environ, PGPASSWORD=password)
+    env.pop("PGSERVICE", None)  # only the caller's config decides where we connect
+    args = [psql, "-X", "-A", "-t", "-q", "-F", "|", "-w", "-v", "ON_ERROR_STOP=1"]
+    for k, v in params.items():
+        args += ["-v", f"{k}={v}"]
+    args.append(conn)
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(sql.encode()), timeout)
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+    errors = err.decode("utf-8", "replace").strip().splitlines()
+    return proc.returncode, out.decode("utf-8", "replace").splitlines(), errors[-1] if errors else ""

@@ -28,13 +28,12 @@ object names) are checked against a strict pattern; values go through psql varia
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import time
 
-from .common import ConfigError, Service, run_service, validate_config
+from .common import ConfigError, Service, run_psql, run_service, validate_config
 
 IDENT_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 PUBLICATION = "dds"
@@ -105,28 +104,13 @@ class Dds(Service):
     # -- SQL
 
     async def sql(self, ep: dict, text: str, **params: str) -> list[list[str]]:
-        env = dict(os.environ, PGPASSWORD=ep["password"])
-        env.pop("PGSERVICE", None)
-        args = [self.psql, "-X", "-A", "-t", "-q", "-F", "|", "-w", "-v", "ON_ERROR_STOP=1"]
-        for k, v in params.items():
-            args += ["-v", f"{k}={v}"]
-        args.append(conninfo(ep))
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(text.encode()), self.timeout)
+            rc, lines, last = await run_psql(self.psql, conninfo(ep), ep["password"], text, params, self.timeout)
         except TimeoutError:
             raise SqlError(f"{ep['host']}/{ep['dbname']}: psql timed out after {self.timeout:g} s") from None
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await asyncio.shield(proc.wait())
-        if proc.returncode != 0:
-            lines = err.decode("utf-8", "replace").strip().splitlines()
-            raise SqlError(f"{ep['host']}/{ep['dbname']}: {lines[-1] if lines else f'psql exit {proc.returncode}'}")
-        return [ln.split("|") for ln in out.decode("utf-8", "replace").splitlines() if ln]
+        if rc != 0:
+            raise SqlError(f"{ep['host']}/{ep['dbname']}: {last or f'psql exit {rc}'}")
+        return [ln.split("|") for ln in lines if ln]
 
     # -- making the pair what the configuration says
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import configparser
-import contextlib
-import os
 import re
 import time
 
-from .common import ConfigError, CtlError, KcxpClient, Service, parse_hostport, run_service, validate_config
+from .common import ConfigError, CtlError, KcxpClient, Service, parse_hostport, run_psql, run_service, validate_config
 
 ACCOUNT_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 SQL = "SELECT account, balance FROM fund_account WHERE account = :'account';\n"
@@ -151,28 +149,15 @@ class Kcbp(Service):
         return result
 
     async def _psql(self, db: dict[str, str], account: str) -> list[dict]:
-        env = dict(os.environ)
-        env["PGPASSWORD"] = db["password"]
-        env.pop("PGSERVICE", None)  # only the INI decides where we connect
-        args = [self.psql, "-X", "-A", "-t", "-q", "-F", "|", "-w", "-v", "ON_ERROR_STOP=1",
-                "-v", f"account={account}", conninfo(db, self.connect_timeout)]
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(SQL.encode()), self.query_timeout)
+            rc, lines, last = await run_psql(self.psql, conninfo(db, self.connect_timeout), db["password"], SQL,
+                                             {"account": account}, self.query_timeout)
         except TimeoutError:
             raise RuntimeError(f"psql timed out after {self.query_timeout:g} s") from None
-        finally:
-            if proc.returncode is None:  # timed out or cancelled: never leave our psql behind
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await asyncio.shield(proc.wait())
-        if proc.returncode != 0:
-            msg = err.decode("utf-8", "replace").strip().splitlines()
-            raise RuntimeError(f"psql exit {proc.returncode}: {msg[-1] if msg else 'no message'}")
+        if rc != 0:
+            raise RuntimeError(f"psql exit {rc}: {last or 'no message'}")
         rows = []
-        for line in out.decode("utf-8", "replace").splitlines():
+        for line in lines:
             if line.strip():
                 rows.append(dict(zip(COLUMNS, line.split("|", len(COLUMNS) - 1), strict=False)))
         return rows
