@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -234,6 +235,26 @@ def test_read_stat_file_reads_head_and_tail(tmp_path):
     assert st["counters"]["answered"] == 3 and st["source"] == str(path)
     with pytest.raises(TraceStatError, match="missing.csv"):
         read_stat_file(LocalExecutor(), str(tmp_path / "missing.csv"))
+
+
+def test_read_stat_file_waits_out_a_restarted_uas(tmp_path):
+    # supervisord restarted the UAS: its CSV is truncated, then the header and a row appear.
+    path = tmp_path / "agent-seats.csv"
+    path.write_text("")
+    timer = threading.Timer(0.5, shutil.copy, (DATA / "uas_seat_running.csv", path))
+    timer.start()
+    try:
+        st = read_stat_file(LocalExecutor(), str(path), wait_s=5)
+    finally:
+        timer.cancel()
+    assert st["counters"]["answered"] == 3
+
+
+def test_read_stat_file_names_a_file_that_stays_empty(tmp_path):
+    path = tmp_path / "agent-seats.csv"
+    path.write_text("")
+    with pytest.raises(TraceStatError, match=r"agent-seats.csv: empty .*still so after 0.3s"):
+        read_stat_file(LocalExecutor(), str(path), wait_s=0.3)
 
 
 def test_wait_stat_file_gives_up_with_a_clear_error(tmp_path):

@@ -458,16 +458,25 @@ def place_calls(
     return _result_from_stats(scenario, stats, rc, stat_file, elapsed)
 
 
-def read_stat_file(ex: Executor, path: str) -> dict[str, Any]:
+def read_stat_file(ex: Executor, path: str, wait_s: float = 5.0) -> dict[str, Any]:
     """Current state of a long-running SIPp (a UAS under supervisord) from its CSV.
 
     Reads only the header and the last two lines (the file grows by one row per
-    second; the very last one may be half written).
+    second; the very last one may be half written). A SIPp that supervisord has
+    just restarted truncates its file and writes the header and first row within
+    a second or two: an empty or partial file is read again for up to ``wait_s``.
     """
-    rc, out, err = ex.run(["sh", "-c", 'head -n 1 "$1" && tail -n 2 "$1"', "sh", path], timeout=30)
-    if rc != 0:
-        raise TraceStatError(f"cannot read SIPp statistics file {path}: {err.strip() or f'exit {rc}'}")
-    return parse_trace_stat(out, source=path)
+    deadline = time.monotonic() + wait_s
+    while True:
+        rc, out, err = ex.run(["sh", "-c", 'head -n 1 "$1" && tail -n 2 "$1"', "sh", path], timeout=30)
+        if rc != 0:
+            raise TraceStatError(f"cannot read SIPp statistics file {path}: {err.strip() or f'exit {rc}'}")
+        try:
+            return parse_trace_stat(out, source=path)
+        except TraceStatError as exc:
+            if time.monotonic() >= deadline:
+                raise TraceStatError(f"{exc} (still so after {wait_s:g}s; is the SIPp process restarting?)") from exc
+        time.sleep(0.2)
 
 
 def wait_stat_file(ex: Executor, path: str, newer_than: float, wait_s: float = 5.0) -> dict[str, Any]:
@@ -478,7 +487,7 @@ def wait_stat_file(ex: Executor, path: str, newer_than: float, wait_s: float = 5
     """
     deadline = time.monotonic() + wait_s
     while True:
-        stats = read_stat_file(ex, path)
+        stats = read_stat_file(ex, path, wait_s=max(0.0, deadline - time.monotonic()))
         if stats["now"] is not None and stats["now"] > newer_than:
             return stats
         if time.monotonic() >= deadline:
