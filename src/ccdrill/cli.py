@@ -50,13 +50,21 @@ def _lab(args):
 def _playbook_cmd(playbook: str, lab: str, inventory: Path | None, extra: list[str] | None):
     root = project_root()
     inv_dir = inventory_dir(inventory)
-    load_inventory(inv_dir, root / "images")
+    inv = load_inventory(inv_dir, root / "images")
+    extra = list(extra or [])
+    if inv.without:
+        # A lab built without some groups: their hosts do not exist, so no play may reach them.
+        if any(a in ("--limit", "-l") for a in extra):
+            i = max(i for i, a in enumerate(extra) if a in ("--limit", "-l")) + 1
+            extra[i] = inv.limit(extra[i])
+        else:
+            extra += ["--limit", inv.limit()]
     # Absolute paths: a run started from molecule inherits its relative ANSIBLE_ROLES_PATH.
     env = dict(os.environ, CCDRILL_LAB=lab, ANSIBLE_CONFIG=str(root / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", ANSIBLE_ROLES_PATH=str(root / "roles"))
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-    cmd = ["ansible-playbook", "-i", str(inv_dir), str(root / "playbooks" / playbook), *(extra or [])]
+    cmd = ["ansible-playbook", "-i", str(inv_dir), str(root / "playbooks" / playbook), *extra]
     return cmd, env, root
 
 

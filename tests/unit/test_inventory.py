@@ -46,6 +46,46 @@ def test_bad_subnet_prefix_is_refused(monkeypatch):
         load_inventory(REAL)
 
 
+def test_a_lab_without_the_migration_hosts(monkeypatch):
+    full = load_inventory(REAL)
+    monkeypatch.setenv("CCDRILL_LAB_WITHOUT", "migration_only")
+    inv = load_inventory(REAL)
+    gone = set(full.hosts) - set(inv.hosts)
+    assert gone == {"sh-chat", "sz-chat", "sh-ta", "sz-ta", "ta-files", "sh-notify", "sz-notify", "sh-mail",
+                    "sz-mailgw", "sz-sms"}
+    # The IPC upgrade keeps what it needs, the data tier included (Saturday afternoon's Shenzhen test).
+    assert {"sh-ipc-old", "sh-ipc-new", "sh-pbx", "sh-db", "sz-db", "sh-app", "sz-app"} <= set(inv.hosts)
+    assert inv.hosts_of("webchat") == [] and inv.hosts_of("ipc") == full.hosts_of("ipc")
+    assert inv.limit() == "all:localhost:!migration_only"
+    assert inv.limit("website") == "website:!migration_only"
+    assert full.limit() == "all:localhost" and full.without == ()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("no_such_group", "'no_such_group' is not a group"),
+    ("lab", "'lab' is not a group .* other than lab"),
+    ("wan_router", "would leave out the WAN router wan"),
+    ("ipc", "all.children.ipc: needs 2 host.*has 0 .CCDRILL_LAB_WITHOUT=ipc leaves hosts out"),
+])
+def test_a_lab_without_names_what_it_cannot_leave_out(monkeypatch, value, expected):
+    monkeypatch.setenv("CCDRILL_LAB_WITHOUT", value)
+    with pytest.raises(InventoryError, match=expected):
+        load_inventory(REAL)
+
+
+def test_playbooks_on_a_lab_without_some_hosts_are_limited(monkeypatch):
+    from ccdrill.cli import _playbook_cmd
+
+    monkeypatch.setenv("CCDRILL_LAB_WITHOUT", "migration_only")
+    cmd, _env, _root = _playbook_cmd("site.yml", "x", REAL, None)
+    assert cmd[-2:] == ["--limit", "all:localhost:!migration_only"]
+    cmd, _env, _root = _playbook_cmd("webchat.yml", "x", REAL, ["--limit", "website", "-e", "a=1"])
+    assert cmd[-4:] == ["--limit", "website:!migration_only", "-e", "a=1"]
+    monkeypatch.delenv("CCDRILL_LAB_WITHOUT")
+    cmd, _env, _root = _playbook_cmd("site.yml", "x", REAL, None)
+    assert "--limit" not in cmd
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -23,6 +23,9 @@ REQUIRED_GROUPS: dict[str, int] = {
     "ipc": 2,
     "database": 1,
 }
+# CCDRILL_LAB_WITHOUT=group[,group]: a lab without these groups' hosts (e.g. the IPC upgrade's lab
+# leaves out `migration_only`); every playbook then runs with --limit all:!group.
+WITHOUT_ENV = "CCDRILL_LAB_WITHOUT"
 PREFIX_RE = re.compile(r"^\d{1,3}\.\d{1,3}$")
 HOSTNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
@@ -58,6 +61,12 @@ class Inventory:
     hosts: dict[str, Host]
     groups: dict[str, list[str]]
     vars: dict
+    without: tuple[str, ...] = ()
+
+    def limit(self, pattern: str | None = None) -> str:
+        """An Ansible --limit that leaves out the groups this lab is built without: ``pattern`` minus them,
+        or without a pattern every host plus the implicit localhost (which `all` does not match)."""
+        return (pattern or "all:localhost") + "".join(f":!{g}" for g in self.without)
 
     def address(self, host: str, site: str | None = None) -> str:
         h = self.hosts[host]
@@ -100,7 +109,8 @@ def _group_vars(root: Path) -> tuple[dict, dict[str, Path]]:
     return merged, origin
 
 
-def _collect_groups(node: dict, path: Path, key: str, groups: dict[str, list[str]]) -> None:
+def _collect_groups(node: dict, path: Path, key: str, groups: dict[str, list[str]],
+                    children: dict[str, set[str]] | None = None) -> None:
     for gname, gbody in (node.get("children") or {}).items():
         gbody = gbody or {}
         if not isinstance(gbody, dict):
@@ -108,7 +118,45 @@ def _collect_groups(node: dict, path: Path, key: str, groups: dict[str, list[str
         members = list((gbody.get("hosts") or {}).keys())
         groups.setdefault(gname, [])
         groups[gname].extend(m for m in members if m not in groups[gname])
-        _collect_groups(gbody, path, f"{key}.children.{gname}", groups)
+        if children is not None:
+            children.setdefault(gname, set()).update((gbody.get("children") or {}).keys())
+        _collect_groups(gbody, path, f"{key}.children.{gname}", groups, children)
+
+
+def _hosts_under(group: str, groups: dict[str, list[str]], children: dict[str, set[str]]) -> set[str]:
+    """The hosts of a group and of its child groups, as Ansible resolves them."""
+    seen, todo, hosts = set(), [group], set()
+    while todo:
+        g = todo.pop()
+        if g in seen:
+            continue
+        seen.add(g)
+        hosts.update(groups.get(g, []))
+        todo.extend(children.get(g, ()))
+    return hosts
+
+
+def _without(hosts_file: Path, hosts: dict, groups: dict[str, list[str]],
+             children: dict[str, set[str]]) -> tuple[str, ...]:
+    """Apply CCDRILL_LAB_WITHOUT: drop those groups' hosts from the lab (hosts and every group)."""
+    raw = os.environ.get(WITHOUT_ENV, "").strip()
+    if not raw:
+        return ()
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    gone: set[str] = set()
+    for n in names:
+        if n not in groups or n == "lab":
+            raise InventoryError(f"{WITHOUT_ENV}={raw}: {n!r} is not a group of {hosts_file}"
+                                 + (" other than lab" if n == "lab" else ""))
+        gone |= _hosts_under(n, groups, children)
+    routers = [h for h in gone if hosts[h].router]
+    if routers:
+        raise InventoryError(f"{WITHOUT_ENV}={raw}: would leave out the WAN router {routers[0]}")
+    for h in gone:
+        del hosts[h]
+    for g in groups:
+        groups[g] = [m for m in groups[g] if m not in gone]
+    return names
 
 
 def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> Inventory:
@@ -201,16 +249,19 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
             )
 
     groups: dict[str, list[str]] = {}
-    _collect_groups(top, hosts_file, "all", groups)
+    children: dict[str, set[str]] = {}
+    _collect_groups(top, hosts_file, "all", groups, children)
     for gname, members in groups.items():
         for m in members:
             if m not in hosts:
                 raise InventoryError(f"{hosts_file}: all.children.{gname}.hosts.{m}: not declared in group lab")
+    without = _without(hosts_file, hosts, groups, children)
     for gname, need in REQUIRED_GROUPS.items():
         have = len(groups.get(gname, []))
         if have < need:
             raise InventoryError(
                 f"{hosts_file}: all.children.{gname}: needs {need} host(s) for the plan, has {have}"
+                + (f" ({WITHOUT_ENV}={','.join(without)} leaves hosts out)" if without else "")
             )
     for k in ("wan_delay_ms",):
         v = gvars.get(k, 0)
@@ -219,4 +270,4 @@ def load_inventory(root: str | Path, images_dir: str | Path | None = None) -> In
     loss = gvars.get("wan_loss", 0.0)
     if not isinstance(loss, int | float) or not 0 <= loss <= 1:
         raise InventoryError(f"{origin.get('wan_loss', hosts_file)}: wan_loss: {loss!r} must be from 0 to 1")
-    return Inventory(hosts_file, sites, hosts, groups, gvars)
+    return Inventory(hosts_file, sites, hosts, groups, gvars, without)
