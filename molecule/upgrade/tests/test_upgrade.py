@@ -47,3 +47,11 @@ def test_upgrade_notice_taken_down_after_monday():
     assert "upgrade-notice" not in page
     ivr = json.loads(host("sh-ipc-old").file("/etc/ccdrill/ivr.json").content_string)
     assert ivr["announcement"] is None
+
+
+def test_files_holding_database_passwords_are_readable_by_root_only():
+    # DDS on the replica (sz-db before the migration), KCBP's DB connection on both IPCs.
+    files = {"sz-db": "/etc/ccdrill/dds.json", "sh-ipc-new": "/etc/ccdrill/dbconn.ini",
+             "sh-ipc-old": "/etc/ccdrill/dbconn.ini"}
+    modes = {f"{h}:{p}": oct(host(h).file(p).mode) for h, p in files.items()}
+    assert modes == dict.fromkeys(modes, "0o600"), modes
