@@ -45,7 +45,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
     service"): the switchover is timed, and the calls in flight on the surviving IPC are not dropped.
     The PBX hunts past the silent board by itself; the procedure then unloads the driver.
     Given the steady state holds: every board controlled, basic calls pass
-    And callers in flight: 20 on the primary's board and 10 on the secondary's, held for 75 s
+    And callers in flight: 20 on the primary's board and 10 on the secondary's, held for 60 s
     When the nemesis <fault> the primary's voice board
     And new calls are probed from the fault on
     Then a new call is answered and served again within 1 s of the fault
@@ -72,7 +72,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
     does not interrupt call service"): the switchover is timed from the fault to the first new call
     answered and served by an IVR again, and the calls in flight on the secondary are not dropped.
     Given the steady state holds: every board controlled, basic calls pass
-    And callers in flight: 20 on the primary's board and 10 on the secondary's, held for 100 s
+    And callers in flight: 20 on the primary's board and 10 on the secondary's, held for 80 s
     When the nemesis crashes the primary's <program>
     And the operators see the fault
     And the operators run dr4_primary_software_fault.yml while new calls are probed
@@ -98,7 +98,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
     run on the primary." DR-6, derived from 1.1 purpose ("a single IPC failure does not interrupt call
     service"): the switchover is timed, and the calls in flight on the primary are not dropped.
     Given the steady state holds: every board controlled, basic calls pass
-    And callers in flight: 20 on the primary's board and 10 on the secondary's, held for 75 s
+    And callers in flight: 20 on the primary's board and 10 on the secondary's, held for 60 s
     When the nemesis <fault> the secondary's voice board
     And new calls are probed from the fault on
     Then a new call is answered and served again within 1 s of the fault

@@ -267,8 +267,11 @@ def answered_by(callcenter, ctx, count, board_side, ivr_side):
                  r"(?P<side>primary|secondary)'s board are counted"))
 def in_flight_kept(callcenter, ctx, side):
     fl = ctx["in_flight"]
-    results = fl.wait()
     failed = {_host(callcenter, side)}
+    # Counted before they hang up: the survivors' calls lasted through the fault and the response.
+    held = fo.in_flight_still_held(callcenter, fl, failed)
+    _measure(ctx, "in_flight_held_at_check", held)
+    results = fl.wait()
     verdict = fo.in_flight_verdict(results, fl.groups, failed)
     _measure(ctx, "in_flight", verdict)
 

@@ -308,6 +308,25 @@ def hold_in_flight(cc: CallCenter, on_primary: int, on_secondary: int, hold_s: f
     return fl
 
 
+def in_flight_still_held(cc: CallCenter, fl: InFlight, failed_hosts: set[str]) -> dict[str, dict[str, int]]:
+    """Read before the groups hang up: the calls each surviving board still holds now, after the fault and
+    the operators' response. Each group must still be up in full, else the calls were not in flight
+    through the response (dropped, or the scenario's hold was too short for this machine)."""
+    boards = {b.name: b for b in cc.boards("voice")}
+    out = {}
+    for name, g in fl.groups.items():
+        if g["host"] in failed_hosts:
+            continue
+        running = name in fl.futures and not fl.futures[name].done()
+        out[g["board"]] = {"group": name, "calls": g["count"], "in_use": _in_use(cc, boards[g["board"]]),
+                           "group_running": running}
+    problems = [f"{v['in_use']} of the {v['calls']} calls in flight on {b} still up when the response was "
+                f"checked" + ("" if v["group_running"] else f" (their {fl.hold_s:g} s hold had already ended)")
+                for b, v in out.items() if v["in_use"] < v["calls"] or not v["group_running"]]
+    _fail(problems)
+    return out
+
+
 def in_flight_verdict(results: dict[str, CallResult], groups: dict[str, dict], failed_hosts: set[str]) -> dict:
     """Calls in flight on the IPCs that did not fail must all have ended normally (answered, held,
     hung up with a 200 to their BYE); those on a failed IPC are expected lost and only reported."""
