@@ -7,18 +7,18 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CCDRILL_ROOT := $(CURDIR)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: drill test setup venv engine images lint unit features target migration molecule rehearsal bench clean
+.PHONY: drill test setup venv engine images lint unit features failover migration molecule rehearsal bench clean
 
 ## make drill: bring up the two-site lab, run the plan's rehearsal, write the report under reports/.
 drill: setup
 	$(VENV)/bin/ccdrill drill
 
 ## make test: lint and unit tests side by side (each uses one core), then four labs side by side (the
-## tox environments), each on its own subnets: the IPC upgrade's baseline and weekend, the target
-## layout's scenarios and drills, the migration batches, and the molecule lab rehearsal.
+## tox environments), each on its own subnets: the IPC upgrade (baseline, weekend, target layout), the
+## target layout's fault drills, the migration batches, and the molecule lab rehearsal.
 test: setup
 	@rc=0; $(VENV)/bin/tox run-parallel -p 2 --parallel-no-spinner -e lint,unit || rc=$$?; \
-	$(VENV)/bin/tox run-parallel -p all --parallel-no-spinner -e features,target,migration,molecule || rc=$$?; \
+	$(VENV)/bin/tox run-parallel -p all --parallel-no-spinner -e features,failover,migration,molecule || rc=$$?; \
 	exit $$rc
 
 setup: venv engine images
@@ -39,7 +39,7 @@ engine: venv
 images: engine
 	$(VENV)/bin/ccdrill images
 
-lint unit features target migration molecule rehearsal: setup
+lint unit features failover migration molecule rehearsal: setup
 	$(VENV)/bin/tox run -e $@
 
 bench: setup

@@ -37,7 +37,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
     And the secondary's KCXP copy and KCBP copy point at the secondary itself
     And the secondary's KCXP bridges to the primary's, so the primary's CTI controls every board
 
-  @DR-3 @DR-6 @target
+  @DR-3 @DR-6 @target @fault_drill
   Scenario Outline: Primary board fault (the nemesis <fault> it): the secondary's board answers, nothing else stops
     Plan 1.1, DR principle: "Primary fails: board line or board driver fault: shut the board driver
     down; all other services keep running." DR-6, derived from 1.1 purpose ("two machines in
@@ -64,7 +64,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
       | fault                 |
       | crashes the driver of |
 
-  @DR-4 @DR-6 @target
+  @DR-4 @DR-6 @target @fault_drill
   Scenario Outline: Primary software fault (the nemesis crashes its <program>): the secondary takes over with its own CTI, IVR and the copies
     Plan 1.1, DR principle: "CTI or IVR fault: manually stop all services on the primary; start CTI
     and IVR on the secondary; on the secondary stop KCXP and KCBP and start the KCXP/KCBP copy; all
@@ -92,7 +92,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
       | program |
       | IVR     |
 
-  @DR-5 @DR-6 @target
+  @DR-5 @DR-6 @target @fault_drill
   Scenario Outline: Secondary fault (the nemesis <fault> its board): all services on the secondary stopped, the primary answers
     Plan 1.1, DR principle: "Secondary fails: stop all services on the secondary; all inbound calls
     run on the primary." DR-6, derived from 1.1 purpose ("a single IPC failure does not interrupt call
@@ -118,7 +118,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
       | fault                 |
       | cuts the line of      |
 
-  @DR-7 @target
+  @DR-7 @target @fault_drill
   Scenario Outline: Failback after a <mode> restores the target capacity (CAP-T1, CAP-T2, CAP-T3)
     Derived from plan 1.1, purpose ("two machines in parallel, each a hot standby for the other")
     and target environment ("all IVR: at most 90 concurrent callers. All transferred to agents: at
@@ -152,7 +152,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
       | primary board fault    | cuts the line of the primary's voice board        | dr3_primary_board_fault.yml    |
       | secondary fault        | crashes the driver of the secondary's voice board | dr5_secondary_fault.yml        |
 
-  @CAP-D1 @target
+  @CAP-D1 @target @fault_drill
   Scenario Outline: Degraded capacity during a <mode>: <answered> IVR callers at once
     Derived from plan 1.1, DR principle and target environment ("the two IPCs are computed
     separately: one IPC has capacity X + 2Y = 60, the other X + 2Y = 30"): while one IPC's board is
@@ -171,7 +171,7 @@ Feature: IPC disaster recovery after the upgrade (plan 1.1, DR principle)
       | primary software fault | crashes the primary's CTI                         | dr4_primary_software_fault.yml | 30       | 61      |
       | secondary fault        | crashes the driver of the secondary's voice board | dr5_secondary_fault.yml        | 60       | 31      |
 
-  @FAX-D1 @target
+  @FAX-D1 @target @fault_drill
   Scenario Outline: With the whole <side> IPC down, 4 faxes at once are still served
     Derived from plan 1.1, preparation: "buy one Dialogic 4-port fax board (so the backup environment
     can keep serving fax in a disaster)". With one IPC down, the other IPC's fax board serves 4
