@@ -182,10 +182,17 @@ class Lab:
         argv = ["env", "PYTHONPATH=/opt/ccdrill", "python3", "-m", "ccdrill.standins.ctl", str(port)]
         if request is not None:
             argv.append(json.dumps(request))
-        rc, out, err = self.exec(host, argv, timeout)
-        if rc != 0:
-            raise LabError(f"{host}:{port} ctl {request or 'stats'}: {(err or out).strip()}")
-        return json.loads(out)
+        # The ctl client prints JSON or exits 1; an exit 0 with no output is the Docker engine losing an
+        # exec's output under load (seen in CI). The ctl requests are idempotent: ask again, a few times.
+        for _attempt in range(3):
+            rc, out, err = self.exec(host, argv, timeout)
+            if rc != 0:
+                raise LabError(f"{host}:{port} ctl {request or 'stats'}: {(err or out).strip()}")
+            try:
+                return json.loads(out)
+            except json.JSONDecodeError:
+                time.sleep(0.2)
+        raise LabError(f"{host}:{port} ctl {request or 'stats'}: exit 0 but no JSON answer 3 times: {out[:200]!r}")
 
     def supervisor(self, host: str, action: str, program: str) -> str:
         """Start/stop/restart a program the way the operators do; returns supervisorctl's answer."""
